@@ -1,0 +1,244 @@
+use super::*;
+
+fn open() -> (tempfile::TempDir, Mvcc) {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Mvcc::open(dir.path()).unwrap();
+    (dir, m)
+}
+
+fn run(m: &Mvcc, cmd: Command) -> (Response, Vec<RevisionEvents>) {
+    let mut b = m.begin();
+    let r = m.apply(&mut b, &cmd).unwrap();
+    let ev = m.commit(b).unwrap();
+    (r, ev)
+}
+
+fn put(m: &Mvcc, k: &str, v: &str) -> Response {
+    put_lease(m, k, v, 0)
+}
+
+fn put_lease(m: &Mvcc, k: &str, v: &str, lease: i64) -> Response {
+    let p = PutRequest { key: k.into(), value: v.into(), lease, prev_kv: true, ..Default::default() };
+    run(m, Command::Txn(TxnRequest { success: vec![Op::Put(p)], ..Default::default() })).0
+}
+
+fn del(m: &Mvcc, k: &str, end: &str) -> Response {
+    let d = DeleteRequest { key: k.into(), range_end: end.into(), prev_kv: true };
+    run(m, Command::Txn(TxnRequest { success: vec![Op::Delete(d)], ..Default::default() })).0
+}
+
+fn get(m: &Mvcc, k: &str, end: &str, rev: Revision) -> Result<RangeResponse, ApplyError> {
+    m.range(&RangeRequest { key: k.into(), range_end: end.into(), revision: rev, ..Default::default() }).unwrap()
+}
+
+fn values(r: &RangeResponse) -> Vec<(String, String)> {
+    r.kvs.iter().map(|kv| (String::from_utf8_lossy(&kv.key).into(), String::from_utf8_lossy(&kv.value).into())).collect()
+}
+
+#[test]
+fn revision_increases_by_one_per_write_and_keeps_versions() {
+    let (_d, m) = open();
+    assert_eq!(m.current_revision(), 1);
+    assert_eq!(put(&m, "a", "1").revision, 2);
+    assert_eq!(put(&m, "a", "2").revision, 3);
+    assert_eq!(put(&m, "b", "x").revision, 4);
+    let r = get(&m, "a", "", 0).unwrap();
+    let kv = &r.kvs[0];
+    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 3, 2));
+    assert_eq!(values(&get(&m, "a", "", 2).unwrap()), vec![("a".into(), "1".into())]);
+    assert_eq!(get(&m, "b", "", 3).unwrap().kvs.len(), 0);
+    assert_eq!(get(&m, "a", "", 5), Err(ApplyError::FutureRevision));
+}
+
+#[test]
+fn delete_of_nothing_does_not_bump_revision_and_delete_leaves_tombstone() {
+    let (_d, m) = open();
+    put(&m, "a", "1");
+    assert_eq!(del(&m, "zz", "").revision, 2);
+    let r = del(&m, "a", "");
+    assert_eq!(r.revision, 3);
+    assert!(get(&m, "a", "", 0).unwrap().kvs.is_empty());
+    assert_eq!(values(&get(&m, "a", "", 2).unwrap()), vec![("a".into(), "1".into())]);
+    // Recreated key starts a new generation.
+    put(&m, "a", "again");
+    let kv = &get(&m, "a", "", 0).unwrap().kvs[0];
+    assert_eq!((kv.create_revision, kv.version), (4, 1));
+}
+
+#[test]
+fn range_with_prefix_limit_count_and_past_revision() {
+    let (_d, m) = open();
+    for (i, k) in ["p/a", "p/b", "p/c", "q/a", "p\0x"].iter().enumerate() {
+        put(&m, k, &i.to_string());
+    }
+    let end = prefix_end(b"p/");
+    let r = m.range(&RangeRequest { key: b"p/".to_vec(), range_end: end.clone(), limit: 2, ..Default::default() }).unwrap().unwrap();
+    assert_eq!(values(&r), vec![("p/a".into(), "0".into()), ("p/b".into(), "1".into())]);
+    assert!(r.more);
+    assert_eq!(r.count, 3);
+    // At revision 3 only p/a and p/b existed.
+    let r = m.range(&RangeRequest { key: b"p/".to_vec(), range_end: end.clone(), revision: 3, ..Default::default() }).unwrap().unwrap();
+    assert_eq!(r.count, 2);
+    // Keys with a NUL byte sort correctly in the version index.
+    let r = m.range(&RangeRequest { key: b"p".to_vec(), range_end: b"p/".to_vec(), revision: 6, ..Default::default() }).unwrap().unwrap();
+    assert_eq!(values(&r), vec![("p\0x".into(), "4".into())]);
+    // All keys from "\0".
+    let all = m.range(&RangeRequest { key: vec![0], range_end: vec![0], revision: 5, ..Default::default() }).unwrap().unwrap();
+    assert_eq!(all.count, 4);
+    let cnt = m.range(&RangeRequest { key: vec![0], range_end: vec![0], count_only: true, ..Default::default() }).unwrap().unwrap();
+    assert_eq!((cnt.count, cnt.kvs.len()), (5, 0));
+}
+
+#[test]
+fn txn_compares_choose_branch_atomically_at_one_revision() {
+    let (_d, m) = open();
+    put(&m, "k", "v1"); // rev 2
+    let cas = |modrev: i64, val: &str| Command::Txn(TxnRequest {
+        compare: vec![Compare { key: b"k".to_vec(), range_end: vec![], result: CompareResult::Equal, target: CompareTarget::Mod(modrev) }],
+        success: vec![
+            Op::Put(PutRequest { key: b"k".to_vec(), value: val.into(), ..Default::default() }),
+            Op::Put(PutRequest { key: b"other".to_vec(), value: b"o".to_vec(), ..Default::default() }),
+            Op::Range(RangeRequest { key: b"k".to_vec(), ..Default::default() }),
+        ],
+        failure: vec![Op::Range(RangeRequest { key: b"k".to_vec(), ..Default::default() })],
+    });
+    let (r, ev) = run(&m, cas(2, "v2"));
+    assert_eq!(r.revision, 3);
+    let Ok(CommandResult::Txn(t)) = r.result else { panic!() };
+    assert!(t.succeeded);
+    // The read inside the txn sees the txn's own put.
+    let OpResponse::Range(rr) = &t.responses[2] else { panic!() };
+    assert_eq!(rr.kvs[0].value, b"v2");
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0].events.len(), 2);
+    // Stale CAS fails, runs the else branch, and does not bump the revision.
+    let (r, ev) = run(&m, cas(2, "v3"));
+    assert_eq!(r.revision, 3);
+    let Ok(CommandResult::Txn(t)) = r.result else { panic!() };
+    assert!(!t.succeeded);
+    assert!(ev.is_empty());
+    // Create-if-absent: version == 0.
+    let create = Command::Txn(TxnRequest {
+        compare: vec![Compare { key: b"new".to_vec(), range_end: vec![], result: CompareResult::Equal, target: CompareTarget::Version(0) }],
+        success: vec![Op::Put(PutRequest { key: b"new".to_vec(), value: b"n".to_vec(), ..Default::default() })],
+        failure: vec![],
+    });
+    let Ok(CommandResult::Txn(t)) = run(&m, create.clone()).0.result else { panic!() };
+    assert!(t.succeeded);
+    let Ok(CommandResult::Txn(t)) = run(&m, create).0.result else { panic!() };
+    assert!(!t.succeeded);
+    // Value compare against a missing key fails.
+    let vc = Command::Txn(TxnRequest {
+        compare: vec![Compare { key: b"missing".to_vec(), range_end: vec![], result: CompareResult::NotEqual, target: CompareTarget::Value(b"x".to_vec()) }],
+        ..Default::default()
+    });
+    let Ok(CommandResult::Txn(t)) = run(&m, vc).0.result else { panic!() };
+    assert!(!t.succeeded);
+}
+
+#[test]
+fn compaction_keeps_latest_versions_and_rejects_older_reads() {
+    let (_d, m) = open();
+    put(&m, "a", "1"); // 2
+    put(&m, "a", "2"); // 3
+    put(&m, "b", "1"); // 4
+    del(&m, "b", ""); // 5
+    put(&m, "c", "1"); // 6
+    let (r, _) = run(&m, Command::Compact { revision: 5 });
+    assert_eq!(r.result, Ok(CommandResult::Compacted));
+    assert_eq!(m.compact_revision(), 5);
+    assert_eq!(get(&m, "a", "", 4), Err(ApplyError::Compacted { compact_revision: 5 }));
+    assert_eq!(values(&get(&m, "a", "", 5).unwrap()), vec![("a".into(), "2".into())]);
+    assert!(get(&m, "b", "", 5).unwrap().kvs.is_empty());
+    // History below the compaction point is gone; from it on it is intact.
+    let h = m.history(5, 6, 100).unwrap();
+    assert_eq!(h.iter().map(|r| r.revision).collect::<Vec<_>>(), vec![5, 6]);
+    assert_eq!(h[0].events[0].kind, EventKind::Delete);
+    // Its previous version lay below the compaction point, so it is gone (etcd drops it too).
+    assert_eq!(h[0].events[0].prev_kv, None);
+    assert_eq!(run(&m, Command::Compact { revision: 5 }).0.result, Err(ApplyError::Compacted { compact_revision: 5 }));
+    assert_eq!(run(&m, Command::Compact { revision: 99 }).0.result, Err(ApplyError::FutureRevision));
+    // Old versions of "a" are physically gone: only one entry remains in the version index.
+    let n = m.db().iterator_cf(m.cf(CF_VER), IteratorMode::Start).count();
+    assert_eq!(n, 3, "a@3, the tombstone of b@5 and c@6 remain");
+    // Survives reopen.
+    let dir = m.db().path().to_path_buf();
+    drop(m);
+    let m = Mvcc::open(&dir).unwrap();
+    assert_eq!((m.current_revision(), m.compact_revision()), (6, 5));
+}
+
+#[test]
+fn history_replays_every_event_in_order_with_prev_values() {
+    let (_d, m) = open();
+    put(&m, "x", "1");
+    put(&m, "x", "2");
+    put(&m, "y", "1");
+    del(&m, "x", "");
+    let h = m.history(1, 100, 100).unwrap();
+    let seq: Vec<(Revision, EventKind, String, Option<String>)> = h
+        .iter()
+        .flat_map(|r| r.events.iter().map(move |e| (r.revision, e.kind, String::from_utf8_lossy(&e.kv.value).into(), e.prev_kv.as_ref().map(|p| String::from_utf8_lossy(&p.value).into()))))
+        .collect();
+    assert_eq!(
+        seq,
+        vec![
+            (2, EventKind::Put, "1".into(), None),
+            (3, EventKind::Put, "2".into(), Some("1".into())),
+            (4, EventKind::Put, "1".into(), None),
+            (5, EventKind::Delete, "".into(), Some("2".into())),
+        ]
+    );
+    // Limited replay stops at whole revisions.
+    assert_eq!(m.history(3, 100, 1).unwrap().len(), 1);
+}
+
+#[test]
+fn lease_revoke_deletes_attached_keys_in_one_revision() {
+    let (_d, m) = open();
+    assert_eq!(put_lease(&m, "l", "v", 7).result, Err(ApplyError::LeaseNotFound));
+    let (r, _) = run(&m, Command::LeaseGrant { id: 7, ttl: 1 });
+    assert_eq!(r.result, Ok(CommandResult::LeaseGranted { id: 7, ttl: MIN_LEASE_TTL }));
+    assert_eq!(run(&m, Command::LeaseGrant { id: 7, ttl: 10 }).0.result, Err(ApplyError::LeaseExists));
+    put_lease(&m, "l1", "v", 7); // 2
+    put_lease(&m, "l2", "v", 7); // 3
+    put_lease(&m, "l3", "v", 7); // 4
+    put(&m, "l3", "detached"); // 5: no longer on the lease
+    assert_eq!(m.lease_keys(7).unwrap(), vec![b"l1".to_vec(), b"l2".to_vec()]);
+    let (r, ev) = run(&m, Command::LeaseRevoke { id: 7 });
+    assert_eq!(r.revision, 6);
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0].events.len(), 2);
+    assert!(get(&m, "l", "m", 0).unwrap().kvs.iter().all(|kv| kv.key == b"l3"));
+    assert!(m.lease(7).unwrap().is_none());
+    assert_eq!(run(&m, Command::LeaseRevoke { id: 7 }).0.result, Err(ApplyError::LeaseNotFound));
+}
+
+#[test]
+fn batch_commands_see_each_other_and_get_their_own_results() {
+    let (_d, m) = open();
+    let p = |k: &str| Command::Txn(TxnRequest { success: vec![Op::Put(PutRequest { key: k.into(), value: b"v".to_vec(), ..Default::default() })], ..Default::default() });
+    let guarded = Command::Txn(TxnRequest {
+        compare: vec![Compare { key: b"a".to_vec(), range_end: vec![], result: CompareResult::Equal, target: CompareTarget::Version(0) }],
+        success: vec![Op::Put(PutRequest { key: b"a".to_vec(), value: b"dup".to_vec(), ..Default::default() })],
+        failure: vec![],
+    });
+    let (r, ev) = run(&m, Command::Batch(vec![p("a"), p("b"), guarded]));
+    let Ok(CommandResult::Batch(rs)) = r.result else { panic!() };
+    assert_eq!(rs.iter().map(|r| r.revision).collect::<Vec<_>>(), vec![2, 3, 3]);
+    let Ok(CommandResult::Txn(t)) = &rs[2].result else { panic!() };
+    assert!(!t.succeeded, "the guarded create sees the earlier put in the same batch");
+    assert_eq!(ev.len(), 2);
+    assert_eq!(m.current_revision(), 3);
+}
+
+#[test]
+fn key_encoding_preserves_order_and_is_prefix_free() {
+    let keys: Vec<&[u8]> = vec![b"", b"\0", b"\0\0", b"\0\x01", b"a", b"a\0", b"a\0b", b"a\x01", b"ab", b"b\xff"];
+    for w in keys.windows(2) {
+        assert!(encode_key(w[0]) < encode_key(w[1]), "{:?} < {:?}", w[0], w[1]);
+        assert!(!encode_key(w[1]).starts_with(&encode_key(w[0])));
+    }
+    assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
+    assert_eq!(prefix_end(b"\xff"), vec![0]);
+}
