@@ -471,14 +471,23 @@ impl Mvcc {
     }
 
     /// Events with revision in [from, to], in order, at most about `max_events` (always whole
-    /// revisions). Used by watchers catching up from the past.
-    pub fn history(&self, from: Revision, to: Revision, max_events: usize) -> MvccResult<Vec<RevisionEvents>> {
+    /// revisions), read from one consistent view. Fails with `Compacted` if that view no longer
+    /// holds revision `from`. Used by watchers catching up from the past.
+    pub fn history(&self, from: Revision, to: Revision, max_events: usize) -> MvccResult<Result<Vec<RevisionEvents>, ApplyError>> {
+        let snap = self.db.snapshot();
+        let compact = match snap.get_cf(self.cf(CF_META), META_COMPACT)? {
+            Some(v) if v.len() == 8 => i64::from_be_bytes(v[..].try_into().unwrap_or_default()),
+            _ => 0,
+        };
+        if from < compact {
+            return Ok(Err(ApplyError::Compacted { compact_revision: compact }));
+        }
         let mut out: Vec<RevisionEvents> = Vec::new();
         let mut n = 0usize;
         let start = rev_key(from.max(1), 0);
         let mut ro = ReadOptions::default();
         ro.set_iterate_upper_bound(rev_key(to + 1, 0).to_vec());
-        let iter = self.db.iterator_cf_opt(self.cf(CF_REV), ro, IteratorMode::From(&start, Direction::Forward));
+        let iter = snap.iterator_cf_opt(self.cf(CF_REV), ro, IteratorMode::From(&start, Direction::Forward));
         for item in iter {
             let (k, key) = item?;
             let Some((main, sub)) = parse_rev_key(&k) else {
@@ -488,11 +497,11 @@ impl Mvcc {
                 break;
             }
             let vk = ver_key(&key, main, sub);
-            let Some(v) = self.db.get_cf(self.cf(CF_VER), &vk)? else {
+            let Some(v) = snap.get_cf(self.cf(CF_VER), &vk)? else {
                 return Err(MvccError::Corrupt { cf: CF_VER, detail: format!("missing version {main}.{sub}") });
             };
             let kv: KeyValue = decode(CF_VER, &v)?;
-            let prev_kv = self.prev_version(&key, &vk)?;
+            let prev_kv = self.prev_version(&snap, &key, &vk)?;
             let event = if kv.version == 0 {
                 Event { kind: EventKind::Delete, kv, prev_kv }
             } else {
@@ -504,12 +513,12 @@ impl Mvcc {
             }
             n += 1;
         }
-        Ok(out)
+        Ok(Ok(out))
     }
 
-    fn prev_version(&self, key: &[u8], vk: &[u8]) -> MvccResult<Option<KeyValue>> {
+    fn prev_version(&self, snap: &rocksdb::Snapshot<'_>, key: &[u8], vk: &[u8]) -> MvccResult<Option<KeyValue>> {
         let prefix = encode_key(key);
-        let mut it = self.db.raw_iterator_cf(self.cf(CF_VER));
+        let mut it = snap.raw_iterator_cf(self.cf(CF_VER));
         it.seek(vk);
         if it.valid() {
             it.next();

@@ -151,7 +151,8 @@ fn compaction_keeps_latest_versions_and_rejects_older_reads() {
     assert_eq!(values(&get(&m, "a", "", 5).unwrap()), vec![("a".into(), "2".into())]);
     assert!(get(&m, "b", "", 5).unwrap().kvs.is_empty());
     // History below the compaction point is gone; from it on it is intact.
-    let h = m.history(5, 6, 100).unwrap();
+    let h = m.history(5, 6, 100).unwrap().unwrap();
+    assert_eq!(m.history(4, 6, 100).unwrap(), Err(ApplyError::Compacted { compact_revision: 5 }));
     assert_eq!(h.iter().map(|r| r.revision).collect::<Vec<_>>(), vec![5, 6]);
     assert_eq!(h[0].events[0].kind, EventKind::Delete);
     // Its previous version lay below the compaction point, so it is gone (etcd drops it too).
@@ -175,7 +176,7 @@ fn history_replays_every_event_in_order_with_prev_values() {
     put(&m, "x", "2");
     put(&m, "y", "1");
     del(&m, "x", "");
-    let h = m.history(1, 100, 100).unwrap();
+    let h = m.history(1, 100, 100).unwrap().unwrap();
     let seq: Vec<(Revision, EventKind, String, Option<String>)> = h
         .iter()
         .flat_map(|r| r.events.iter().map(move |e| (r.revision, e.kind, String::from_utf8_lossy(&e.kv.value).into(), e.prev_kv.as_ref().map(|p| String::from_utf8_lossy(&p.value).into()))))
@@ -190,7 +191,7 @@ fn history_replays_every_event_in_order_with_prev_values() {
         ]
     );
     // Limited replay stops at whole revisions.
-    assert_eq!(m.history(3, 100, 1).unwrap().len(), 1);
+    assert_eq!(m.history(3, 100, 1).unwrap().unwrap().len(), 1);
 }
 
 #[test]

@@ -1,0 +1,487 @@
+//! The Raft state machine: applies committed commands to the MVCC store, publishes their events
+//! to watchers, and builds, stores and installs snapshots.
+//!
+//! Layout under the data dir: `sm-<n>/` is a RocksDB holding the MVCC data and the applied log id
+//! (written in the same batch as each entry's effects); `sm.current` names the live one. A snapshot
+//! from the leader is loaded into a fresh `sm-<n+1>/`, made durable, and only then does a rename
+//! of `sm.current` switch to it: a crash at any point leaves one complete state machine.
+//! `snapshots/` holds the latest built or received snapshot file and its metadata.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StorageIOError};
+use rocksdb::{IteratorMode, WriteBatch, WriteOptions};
+use sha2::{Digest, Sha256};
+use tokio::sync::broadcast;
+
+use crate::metrics::Metrics;
+use crate::mvcc::{Mvcc, RevisionEvents, ALL_CFS, CF_META};
+use crate::types::*;
+
+const META_APPLIED: &[u8] = b"raft_applied";
+const META_MEMBERSHIP: &[u8] = b"raft_membership";
+const SNAP_MAGIC: &[u8; 8] = b"KRSNAP1\n";
+
+/// What the apply path tells open watch streams.
+#[derive(Clone, Debug)]
+pub enum HubMsg {
+    /// Events of consecutive revisions, just applied.
+    Events(Arc<Vec<RevisionEvents>>),
+    /// The state machine was replaced by a snapshot: re-read from storage.
+    Reset,
+}
+
+/// A state machine DB that deletes its directory once the last reader lets go of it (after a
+/// snapshot replaced it).
+pub struct SmHandle {
+    pub mvcc: Mvcc,
+    dir: PathBuf,
+    retired: std::sync::atomic::AtomicBool,
+}
+
+impl Drop for SmHandle {
+    fn drop(&mut self) {
+        if self.retired.load(Ordering::SeqCst) {
+            let dir = self.dir.clone();
+            // The DB closes when `mvcc` drops right after this; remove the files from a thread.
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                let _ = std::fs::remove_dir_all(dir);
+            });
+        }
+    }
+}
+
+pub struct SmShared {
+    data_dir: PathBuf,
+    current: RwLock<Arc<SmHandle>>,
+    pub hub: broadcast::Sender<HubMsg>,
+    pub metrics: Arc<Metrics>,
+    applied: Mutex<(Option<LogId>, StoredMembership)>,
+    receiving: Mutex<Option<PathBuf>>,
+    generation: AtomicU64,
+    snap_seq: AtomicU64,
+}
+
+impl SmShared {
+    /// The live MVCC store. Hold the Arc only for the duration of a read.
+    pub fn mvcc(&self) -> Arc<SmHandle> {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn applied(&self) -> (Option<LogId>, StoredMembership) {
+        self.applied.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<HubMsg> {
+        self.hub.subscribe()
+    }
+}
+
+#[derive(Clone)]
+pub struct StateMachine {
+    pub shared: Arc<SmShared>,
+}
+
+fn sm_err<E: std::fmt::Display>(verb: ErrorVerb, e: E) -> StorageError {
+    StorageIOError::new(ErrorSubject::StateMachine, verb, openraft::AnyError::error(e.to_string())).into()
+}
+
+fn snap_err<E: std::fmt::Display>(verb: ErrorVerb, e: E) -> StorageError {
+    StorageIOError::new(ErrorSubject::Snapshot(None), verb, openraft::AnyError::error(e.to_string())).into()
+}
+
+fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(parent) = path.parent() {
+        std::fs::File::open(parent)?.sync_all()?;
+    }
+    Ok(())
+}
+
+fn read_applied(m: &Mvcc) -> anyhow::Result<(Option<LogId>, StoredMembership)> {
+    let applied = match m.get_meta(META_APPLIED)? {
+        Some(v) => bincode::deserialize(&v)?,
+        None => None,
+    };
+    let membership = match m.get_meta(META_MEMBERSHIP)? {
+        Some(v) => bincode::deserialize(&v)?,
+        None => StoredMembership::default(),
+    };
+    Ok((applied, membership))
+}
+
+impl StateMachine {
+    /// Opens the live state machine under `data_dir`, creating an empty one if there is none.
+    pub fn open(data_dir: &Path, metrics: Arc<Metrics>) -> anyhow::Result<StateMachine> {
+        std::fs::create_dir_all(data_dir.join("snapshots"))?;
+        let pointer = data_dir.join("sm.current");
+        let name = match std::fs::read_to_string(&pointer) {
+            Ok(s) => s.trim().to_string(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                write_atomic(&pointer, b"sm-1")?;
+                "sm-1".to_string()
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let generation: u64 = name
+            .strip_prefix("sm-")
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("{} names {name:?}, not a state machine directory", pointer.display()))?;
+        // Remove leftovers of an install that crashed before switching, or of a retired one.
+        for e in std::fs::read_dir(data_dir)?.flatten() {
+            let n = e.file_name().to_string_lossy().to_string();
+            if n.starts_with("sm-") && n != name {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        let dir = data_dir.join(&name);
+        let mvcc = Mvcc::open(&dir).map_err(|e| anyhow::anyhow!("state machine at {} cannot be opened: {e}", dir.display()))?;
+        let applied = read_applied(&mvcc).map_err(|e| anyhow::anyhow!("state machine at {} is corrupted: {e}", dir.display()))?;
+        let (hub, _) = broadcast::channel(4096);
+        let shared = SmShared {
+            data_dir: data_dir.to_path_buf(),
+            current: RwLock::new(Arc::new(SmHandle { mvcc, dir, retired: false.into() })),
+            hub,
+            metrics,
+            applied: Mutex::new(applied),
+            receiving: Mutex::new(None),
+            generation: AtomicU64::new(generation),
+            snap_seq: AtomicU64::new(0),
+        };
+        Ok(StateMachine { shared: Arc::new(shared) })
+    }
+
+    fn snapshots_dir(&self) -> PathBuf {
+        self.shared.data_dir.join("snapshots")
+    }
+
+    /// Loads a snapshot file (ours, or an `etcdctl snapshot save` of ours) into a fresh state
+    /// machine that has applied nothing: used by `kuberaft server --restore`.
+    pub fn restore_from_file(data_dir: &Path, file: &Path) -> anyhow::Result<()> {
+        std::fs::create_dir_all(data_dir)?;
+        let dir = data_dir.join("sm-1");
+        if dir.exists() {
+            anyhow::bail!("{} already holds a state machine; restore needs an empty data dir", data_dir.display());
+        }
+        let mut f = std::fs::File::open(file).map_err(|e| anyhow::anyhow!("cannot open {}: {e}", file.display()))?;
+        let mvcc = Mvcc::open(&dir)?;
+        if let Err(e) = load_snapshot(&mvcc, &mut f) {
+            drop(mvcc);
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(anyhow::anyhow!("cannot restore from {}: {e}", file.display()));
+        }
+        let cf = mvcc.db().cf_handle(CF_META).expect("meta cf");
+        mvcc.db().delete_cf(cf, META_APPLIED)?;
+        mvcc.db().delete_cf(cf, META_MEMBERSHIP)?;
+        mvcc.db().flush()?;
+        drop(mvcc);
+        write_atomic(&data_dir.join("sm.current"), b"sm-1")?;
+        Ok(())
+    }
+}
+
+/// Writes every column family of a consistent view of `m` to `w`, with a SHA-256 trailer.
+/// Returns the applied log id and membership recorded in that view.
+pub fn write_snapshot<W: Write>(m: &Mvcc, w: &mut W) -> anyhow::Result<(Option<LogId>, StoredMembership)> {
+    let db = m.db();
+    let snap = db.snapshot();
+    struct Hashing<'a, W> {
+        w: &'a mut W,
+        hasher: Sha256,
+        written: usize,
+    }
+    let mut hw = Hashing { w, hasher: Sha256::new(), written: 0 };
+    let out = |bytes: &[u8], hw: &mut Hashing<'_, W>| -> std::io::Result<()> {
+        hw.hasher.update(bytes);
+        hw.written += bytes.len();
+        hw.w.write_all(bytes)
+    };
+    out(SNAP_MAGIC, &mut hw)?;
+    let mut applied = None;
+    let mut membership = StoredMembership::default();
+    for (i, name) in ALL_CFS.iter().enumerate() {
+        let cf = db.cf_handle(name).expect("cf");
+        for item in snap.iterator_cf(cf, IteratorMode::Start) {
+            let (k, v) = item?;
+            if *name == CF_META && &*k == META_APPLIED {
+                applied = bincode::deserialize(&v)?;
+            }
+            if *name == CF_META && &*k == META_MEMBERSHIP {
+                membership = bincode::deserialize(&v)?;
+            }
+            let mut rec = Vec::with_capacity(9 + k.len() + v.len());
+            rec.push(i as u8);
+            rec.extend_from_slice(&(k.len() as u32).to_le_bytes());
+            rec.extend_from_slice(&(v.len() as u32).to_le_bytes());
+            rec.extend_from_slice(&k);
+            rec.extend_from_slice(&v);
+            out(&rec, &mut hw)?;
+        }
+    }
+    out(&[0xFF], &mut hw)?;
+    // Pad to a multiple of 512 bytes before the 32-byte digest: etcdctl's `snapshot save` checks
+    // for that shape (a bbolt file plus its SHA-256).
+    let pad = (512 - hw.written % 512) % 512;
+    out(&vec![0u8; pad], &mut hw)?;
+    let digest = hw.hasher.finalize();
+    hw.w.write_all(&digest)?;
+    Ok((applied, membership))
+}
+
+/// Loads a snapshot written by [`write_snapshot`] into an empty store, checking its trailer.
+pub fn load_snapshot<R: Read>(m: &Mvcc, r: &mut R) -> anyhow::Result<()> {
+    let mut r = std::io::BufReader::with_capacity(1 << 20, r);
+    let mut hasher = Sha256::new();
+    let mut magic = [0u8; 8];
+    r.read_exact(&mut magic).map_err(|_| anyhow::anyhow!("snapshot is truncated"))?;
+    if &magic != SNAP_MAGIC {
+        anyhow::bail!("not a kuberaft snapshot (bad magic)");
+    }
+    hasher.update(magic);
+    let db = m.db();
+    let cfs: Vec<_> = ALL_CFS.iter().map(|n| db.cf_handle(n).expect("cf")).collect();
+    let mut batch = WriteBatch::default();
+    loop {
+        let mut tag = [0u8; 1];
+        r.read_exact(&mut tag).map_err(|_| anyhow::anyhow!("snapshot is truncated"))?;
+        hasher.update(tag);
+        if tag[0] == 0xFF {
+            break;
+        }
+        let cf = *cfs.get(tag[0] as usize).ok_or_else(|| anyhow::anyhow!("snapshot names unknown column family {}", tag[0]))?;
+        let mut lens = [0u8; 8];
+        r.read_exact(&mut lens).map_err(|_| anyhow::anyhow!("snapshot is truncated"))?;
+        hasher.update(lens);
+        let kl = u32::from_le_bytes(lens[..4].try_into()?) as usize;
+        let vl = u32::from_le_bytes(lens[4..].try_into()?) as usize;
+        if kl > 64 << 20 || vl > 64 << 20 {
+            anyhow::bail!("snapshot record too large: the file is corrupted");
+        }
+        let mut kv = vec![0u8; kl + vl];
+        r.read_exact(&mut kv).map_err(|_| anyhow::anyhow!("snapshot is truncated"))?;
+        hasher.update(&kv);
+        batch.put_cf(cf, &kv[..kl], &kv[kl..]);
+        if batch.len() >= 10_000 {
+            db.write(std::mem::take(&mut batch))?;
+        }
+    }
+    // Zero padding, then the digest of everything before it.
+    let mut tail = Vec::new();
+    r.read_to_end(&mut tail)?;
+    if tail.len() < 32 || tail.len() > 32 + 511 || tail[..tail.len() - 32].iter().any(|b| *b != 0) {
+        anyhow::bail!("snapshot is truncated or has trailing garbage");
+    }
+    let (pad, digest) = tail.split_at(tail.len() - 32);
+    hasher.update(pad);
+    if digest[..] != hasher.finalize()[..] {
+        anyhow::bail!("snapshot checksum mismatch: the file is corrupted");
+    }
+    db.write(batch)?;
+    Ok(())
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredSnapshotMeta {
+    meta: SnapshotMeta,
+    file: String,
+}
+
+impl StateMachine {
+    fn save_current_snapshot(&self, meta: &SnapshotMeta, data_path: &Path) -> Result<(), StorageError> {
+        let dir = self.snapshots_dir();
+        let rec = StoredSnapshotMeta { meta: meta.clone(), file: data_path.file_name().unwrap_or_default().to_string_lossy().into() };
+        let bytes = serde_json::to_vec(&rec).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        write_atomic(&dir.join("current.json"), &bytes).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        // Keep only the current snapshot file.
+        if let Ok(rd) = std::fs::read_dir(&dir) {
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.extension().is_some_and(|x| x == "snap") && p != data_path {
+                    let _ = std::fs::remove_file(p);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let this = self.clone();
+        let seq = self.shared.snap_seq.fetch_add(1, Ordering::SeqCst);
+        tokio::task::spawn_blocking(move || {
+            let handle = this.shared.mvcc();
+            let dir = this.snapshots_dir();
+            let tmp = dir.join(format!("build-{}-{seq}.tmp", std::process::id()));
+            let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(|e| snap_err(ErrorVerb::Write, e))?);
+            let (applied, membership) = write_snapshot(&handle.mvcc, &mut f).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            let f = f.into_inner().map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            f.sync_all().map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            // Everything applied so far becomes durable before the log below it may be purged.
+            handle.mvcc.db().flush_wal(true).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            let id = match &applied {
+                Some(l) => format!("{}-{}-{}-{seq}", l.leader_id.term, l.leader_id.node_id, l.index),
+                None => format!("0-0-0-{seq}"),
+            };
+            let path = dir.join(format!("{id}.snap"));
+            std::fs::rename(&tmp, &path).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            let meta = SnapshotMeta { last_log_id: applied, last_membership: membership, snapshot_id: id };
+            this.save_current_snapshot(&meta, &path)?;
+            let file = std::fs::File::open(&path).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+            Ok(Snapshot { meta, snapshot: Box::new(tokio::fs::File::from_std(file)) })
+        })
+        .await
+        .map_err(|e| snap_err(ErrorVerb::Write, e))?
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        Ok(self.shared.applied())
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + openraft::OptionalSend,
+        I::IntoIter: openraft::OptionalSend,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let shared = self.shared.clone();
+        let t = Instant::now();
+        let (responses, events) = tokio::task::block_in_place(|| -> Result<_, StorageError> {
+            let handle = shared.mvcc();
+            let m = &handle.mvcc;
+            let mut responses = Vec::with_capacity(entries.len());
+            let mut events: Vec<RevisionEvents> = Vec::new();
+            let (_, mut membership) = shared.applied();
+            let mut last = None;
+            for e in entries {
+                let mut b = m.begin();
+                let resp = match &e.payload {
+                    EntryPayload::Blank => Response { revision: m.current_revision(), result: Ok(CommandResult::Noop) },
+                    EntryPayload::Normal(cmd) => m.apply(&mut b, cmd).map_err(|e| sm_err(ErrorVerb::Write, e))?,
+                    EntryPayload::Membership(mem) => {
+                        membership = StoredMembership::new(Some(e.log_id), mem.clone());
+                        b.put_meta(META_MEMBERSHIP, bincode::serialize(&membership).map_err(|e| sm_err(ErrorVerb::Write, e))?);
+                        Response { revision: m.current_revision(), result: Ok(CommandResult::Noop) }
+                    }
+                };
+                b.put_meta(META_APPLIED, bincode::serialize(&Some(e.log_id)).map_err(|e| sm_err(ErrorVerb::Write, e))?);
+                events.extend(m.commit(b).map_err(|e| sm_err(ErrorVerb::Write, e))?);
+                responses.push(resp);
+                last = Some(e.log_id);
+            }
+            if last.is_some() {
+                *shared.applied.lock().unwrap_or_else(|e| e.into_inner()) = (last, membership);
+            }
+            shared.metrics.revision.set(m.current_revision());
+            shared.metrics.compact_revision.set(m.compact_revision());
+            Ok((responses, events))
+        })?;
+        self.shared.metrics.apply_seconds.observe(t.elapsed().as_secs_f64());
+        if !events.is_empty() {
+            // No receivers is fine: nobody is watching.
+            let _ = self.shared.hub.send(HubMsg::Events(Arc::new(events)));
+        }
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let seq = self.shared.snap_seq.fetch_add(1, Ordering::SeqCst);
+        let path = self.snapshots_dir().join(format!("recv-{}-{seq}.tmp", std::process::id()));
+        let f = tokio::fs::File::create(&path).await.map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        *self.shared.receiving.lock().unwrap_or_else(|e| e.into_inner()) = Some(path);
+        Ok(Box::new(f))
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, mut snapshot: Box<tokio::fs::File>) -> Result<(), StorageError> {
+        use tokio::io::AsyncWriteExt;
+        snapshot.flush().await.map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        snapshot.sync_all().await.map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        drop(snapshot);
+        let recv = self.shared.receiving.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(recv) = recv else {
+            return Err(snap_err(ErrorVerb::Read, "install_snapshot without a received snapshot file"));
+        };
+        let this = self.clone();
+        let meta = meta.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
+            let shared = &this.shared;
+            let gen = shared.generation.load(Ordering::SeqCst) + 1;
+            let name = format!("sm-{gen}");
+            let dir = shared.data_dir.join(&name);
+            let _ = std::fs::remove_dir_all(&dir);
+            let mvcc = Mvcc::open(&dir).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            let mut f = std::fs::File::open(&recv).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+            if let Err(e) = load_snapshot(&mvcc, &mut f) {
+                drop(mvcc);
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(snap_err(ErrorVerb::Read, e));
+            }
+            let cf = mvcc.db().cf_handle(CF_META).expect("meta cf");
+            let mut wo = WriteOptions::default();
+            wo.set_sync(true);
+            let mut b = WriteBatch::default();
+            b.put_cf(cf, META_APPLIED, bincode::serialize(&meta.last_log_id).map_err(|e| snap_err(ErrorVerb::Write, e))?);
+            b.put_cf(cf, META_MEMBERSHIP, bincode::serialize(&meta.last_membership).map_err(|e| snap_err(ErrorVerb::Write, e))?);
+            mvcc.db().write_opt(b, &wo).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            mvcc.db().flush().map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            // Reload counters written by the snapshot.
+            let db = mvcc.db().clone();
+            drop(mvcc);
+            let mvcc = Mvcc::from_db(db).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+            write_atomic(&shared.data_dir.join("sm.current"), name.as_bytes()).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            let new = Arc::new(SmHandle { mvcc, dir, retired: false.into() });
+            let old = {
+                let mut cur = shared.current.write().unwrap_or_else(|e| e.into_inner());
+                std::mem::replace(&mut *cur, new)
+            };
+            old.retired.store(true, Ordering::SeqCst);
+            shared.generation.store(gen, Ordering::SeqCst);
+            *shared.applied.lock().unwrap_or_else(|e| e.into_inner()) = (meta.last_log_id, meta.last_membership.clone());
+            let path = this.snapshots_dir().join(format!("{}.snap", meta.snapshot_id));
+            std::fs::rename(&recv, &path).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            this.save_current_snapshot(&meta, &path)?;
+            shared.metrics.snapshots_installed.inc();
+            Ok(())
+        })
+        .await
+        .map_err(|e| snap_err(ErrorVerb::Write, e))??;
+        let _ = self.shared.hub.send(HubMsg::Reset);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let dir = self.snapshots_dir();
+        let bytes = match std::fs::read(dir.join("current.json")) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(snap_err(ErrorVerb::Read, e)),
+        };
+        let rec: StoredSnapshotMeta = serde_json::from_slice(&bytes).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        let f = match tokio::fs::File::open(dir.join(&rec.file)).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(snap_err(ErrorVerb::Read, e)),
+        };
+        Ok(Some(Snapshot { meta: rec.meta, snapshot: Box::new(f) }))
+    }
+}

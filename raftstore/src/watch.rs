@@ -1,0 +1,261 @@
+//! Watch streams served from this replica's applied state.
+//!
+//! A stream subscribes to the apply path's broadcast before it reads anything, so every revision
+//! after its first read reaches it either from storage (catch-up) or from the broadcast. Each
+//! watcher keeps `next_rev`, the first revision it has not seen: broadcast revisions below it are
+//! skipped, a jump past it is filled from storage first. A lagging receiver or a snapshot install
+//! falls back to storage, which fails with "compacted" rather than skip anything. So each watcher
+//! gets every event after its start revision exactly once, in order.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tokio::sync::{broadcast, mpsc};
+
+use crate::mvcc::{in_range, MvccError, RevisionEvents};
+use crate::state_machine::{HubMsg, SmShared};
+use crate::types::*;
+
+/// Events per response when replaying history.
+const CATCH_UP_CHUNK: usize = 1000;
+
+#[derive(Clone, Debug, Default)]
+pub struct WatchSpec {
+    pub key: Vec<u8>,
+    pub range_end: Vec<u8>,
+    /// 0 means "from now".
+    pub start_revision: Revision,
+    pub prev_kv: bool,
+    pub filter_put: bool,
+    pub filter_delete: bool,
+    pub progress_notify: bool,
+    /// Client-chosen id; 0 lets the stream pick one.
+    pub watch_id: i64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum WatchOut {
+    Created { watch_id: i64, revision: Revision },
+    CreateFailed { watch_id: i64, reason: String, revision: Revision },
+    Events { watch_id: i64, revision: Revision, events: Vec<Event> },
+    Canceled { watch_id: i64, revision: Revision, compact_revision: Revision, reason: String },
+    /// Every event at or below `revision` has been sent on this stream. watch_id is -1 when it
+    /// answers a progress request for the whole stream.
+    Progress { watch_id: i64, revision: Revision },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("storage: {0}")]
+    Storage(#[from] MvccError),
+    #[error("watch stream closed")]
+    Closed,
+}
+
+struct Watcher {
+    spec: WatchSpec,
+    next_rev: Revision,
+}
+
+impl Watcher {
+    fn select(&self, events: &[Event]) -> Vec<Event> {
+        events
+            .iter()
+            .filter(|e| in_range(&e.kv.key, &self.spec.key, &self.spec.range_end))
+            .filter(|e| !(self.spec.filter_put && e.kind == EventKind::Put))
+            .filter(|e| !(self.spec.filter_delete && e.kind == EventKind::Delete))
+            .map(|e| {
+                let mut e = e.clone();
+                if !self.spec.prev_kv {
+                    e.prev_kv = None;
+                }
+                e
+            })
+            .collect()
+    }
+}
+
+pub struct WatchStream {
+    sm: Arc<SmShared>,
+    rx: broadcast::Receiver<HubMsg>,
+    watchers: BTreeMap<i64, Watcher>,
+    next_auto_id: i64,
+    out: mpsc::Sender<WatchOut>,
+}
+
+impl WatchStream {
+    pub fn new(sm: Arc<SmShared>, out: mpsc::Sender<WatchOut>) -> WatchStream {
+        let rx = sm.subscribe();
+        WatchStream { sm, rx, watchers: BTreeMap::new(), next_auto_id: 0, out }
+    }
+
+    async fn send(&self, o: WatchOut) -> Result<(), WatchError> {
+        self.out.send(o).await.map_err(|_| WatchError::Closed)
+    }
+
+    pub fn watcher_count(&self) -> usize {
+        self.watchers.len()
+    }
+
+    pub async fn create(&mut self, spec: WatchSpec) -> Result<(), WatchError> {
+        let current = self.sm.mvcc().mvcc.current_revision();
+        let id = if spec.watch_id != 0 {
+            if self.watchers.contains_key(&spec.watch_id) {
+                return self
+                    .send(WatchOut::CreateFailed { watch_id: spec.watch_id, reason: "mvcc: duplicate watch ID provided on the WatchStream".into(), revision: current })
+                    .await;
+            }
+            spec.watch_id
+        } else {
+            while self.watchers.contains_key(&self.next_auto_id) {
+                self.next_auto_id += 1;
+            }
+            self.next_auto_id
+        };
+        let next_rev = if spec.start_revision <= 0 { current + 1 } else { spec.start_revision };
+        self.watchers.insert(id, Watcher { spec, next_rev });
+        self.sm.metrics.watchers.inc();
+        self.send(WatchOut::Created { watch_id: id, revision: current }).await?;
+        if next_rev <= current {
+            self.catch_up(id, current).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn cancel(&mut self, id: i64) -> Result<(), WatchError> {
+        if self.watchers.remove(&id).is_some() {
+            self.sm.metrics.watchers.dec();
+            let rev = self.sm.mvcc().mvcc.current_revision();
+            self.send(WatchOut::Canceled { watch_id: id, revision: rev, compact_revision: 0, reason: String::new() }).await?;
+        }
+        Ok(())
+    }
+
+    /// Answers a progress request: the highest revision every watcher has been sent.
+    pub async fn progress(&mut self) -> Result<(), WatchError> {
+        let rev = match self.watchers.values().map(|w| w.next_rev - 1).min() {
+            Some(r) => r,
+            None => self.sm.mvcc().mvcc.current_revision(),
+        };
+        self.send(WatchOut::Progress { watch_id: -1, revision: rev }).await
+    }
+
+    /// Periodic progress for watchers that asked for it.
+    pub async fn notify_progress(&mut self) -> Result<(), WatchError> {
+        let outs: Vec<WatchOut> = self
+            .watchers
+            .iter()
+            .filter(|(_, w)| w.spec.progress_notify)
+            .map(|(id, w)| WatchOut::Progress { watch_id: *id, revision: w.next_rev - 1 })
+            .collect();
+        for o in outs {
+            self.send(o).await?;
+        }
+        Ok(())
+    }
+
+    /// Replays watcher `id` from storage up to `upto` (inclusive), or cancels it as compacted.
+    async fn catch_up(&mut self, id: i64, upto: Revision) -> Result<(), WatchError> {
+        loop {
+            let Some(w) = self.watchers.get(&id) else { return Ok(()) };
+            if w.next_rev > upto {
+                return Ok(());
+            }
+            let from = w.next_rev;
+            let handle = self.sm.mvcc();
+            let hist = tokio::task::block_in_place(|| handle.mvcc.history(from, upto, CATCH_UP_CHUNK))?;
+            drop(handle);
+            let batch = match hist {
+                Ok(b) => b,
+                Err(ApplyError::Compacted { compact_revision }) => {
+                    self.watchers.remove(&id);
+                    self.sm.metrics.watchers.dec();
+                    return self
+                        .send(WatchOut::Canceled {
+                            watch_id: id,
+                            revision: upto,
+                            compact_revision,
+                            reason: "mvcc: required revision has been compacted".into(),
+                        })
+                        .await;
+                }
+                Err(e) => return Err(WatchError::Storage(MvccError::Corrupt { cf: "rev", detail: e.to_string() })),
+            };
+            let Some(last) = batch.last().map(|r| r.revision) else {
+                // Nothing stored in [from, upto]: revisions without events for anyone.
+                if let Some(w) = self.watchers.get_mut(&id) {
+                    w.next_rev = upto + 1;
+                }
+                return Ok(());
+            };
+            self.deliver(id, &batch).await?;
+            if let Some(w) = self.watchers.get_mut(&id) {
+                w.next_rev = last + 1;
+            }
+        }
+    }
+
+    async fn deliver(&mut self, id: i64, batch: &[RevisionEvents]) -> Result<(), WatchError> {
+        let Some(w) = self.watchers.get(&id) else { return Ok(()) };
+        let mut events = Vec::new();
+        let mut last = 0;
+        for r in batch {
+            if r.revision < w.next_rev {
+                continue;
+            }
+            events.extend(w.select(&r.events));
+            last = r.revision;
+        }
+        if !events.is_empty() {
+            self.send(WatchOut::Events { watch_id: id, revision: last, events }).await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the next applied batch (or a reset). Cancel-safe: use it in `select!` and pass
+    /// the result to [`WatchStream::on_hub`].
+    pub async fn recv_hub(&mut self) -> Result<HubMsg, broadcast::error::RecvError> {
+        self.rx.recv().await
+    }
+
+    /// Forwards an applied batch (or a reset) to the watchers.
+    pub async fn on_hub(&mut self, msg: Result<HubMsg, broadcast::error::RecvError>) -> Result<(), WatchError> {
+        let ids: Vec<i64> = self.watchers.keys().copied().collect();
+        match msg {
+            Ok(HubMsg::Events(batch)) => {
+                let (Some(first), Some(last)) = (batch.first().map(|r| r.revision), batch.last().map(|r| r.revision)) else {
+                    return Ok(());
+                };
+                for id in ids {
+                    let Some(w) = self.watchers.get(&id) else { continue };
+                    if w.next_rev > last {
+                        continue;
+                    }
+                    if w.next_rev < first {
+                        // A gap (this watcher started before revisions we never received).
+                        self.catch_up(id, first - 1).await?;
+                    }
+                    self.deliver(id, &batch).await?;
+                    if let Some(w) = self.watchers.get_mut(&id) {
+                        w.next_rev = w.next_rev.max(last + 1);
+                    }
+                }
+            }
+            Ok(HubMsg::Reset) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                // Re-read from storage; anything older than its compaction point cancels.
+                let current = self.sm.mvcc().mvcc.current_revision();
+                for id in ids {
+                    self.catch_up(id, current).await?;
+                }
+            }
+            Err(broadcast::error::RecvError::Closed) => return Err(WatchError::Closed),
+        }
+        Ok(())
+    }
+}
+
+impl Drop for WatchStream {
+    fn drop(&mut self) {
+        self.sm.metrics.watchers.dec_by(self.watchers.len() as i64);
+    }
+}
