@@ -196,7 +196,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let last_purged: Option<LogId> = self.get_meta(KEY_PURGED)?;
+        let last_purged: Option<LogId> = self.get_meta::<Option<LogId>>(KEY_PURGED)?.flatten();
         let mut it = self.inner.db.iterator_cf(self.cf(CF_LOGS), IteratorMode::End);
         let last = match it.next() {
             None => last_purged,

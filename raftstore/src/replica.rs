@@ -200,7 +200,7 @@ impl Replica {
             cluster_name: cfg.cluster_token.clone(),
             heartbeat_interval: cfg.heartbeat_ms,
             election_timeout_min: cfg.election_timeout_ms,
-            election_timeout_max: cfg.election_timeout_ms * 2,
+            election_timeout_max: cfg.election_timeout_ms * 3 / 2,
             install_snapshot_timeout: 30_000,
             snapshot_max_chunk_size: 4 << 20,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_count),
@@ -216,11 +216,12 @@ impl Replica {
 
         if fresh && cfg.initial_cluster_state == ClusterState::New && !raft.is_initialized().await? {
             let mut members = BTreeMap::new();
+            // Every founder must propose the identical membership (it becomes log entry 0 on each
+            // of them), so client URLs are left out here and published by each replica later.
             for (name, addr) in &cfg.initial_cluster {
-                let client_url = if name == &cfg.name { cfg.advertise_client.clone() } else { String::new() };
                 members.insert(
                     member_id(name, addr, &cfg.cluster_token),
-                    Member { name: name.clone(), peer_addr: addr.clone(), client_url },
+                    Member { name: name.clone(), peer_addr: addr.clone(), client_url: String::new() },
                 );
             }
             match raft.initialize(members).await {
