@@ -535,6 +535,14 @@ impl Mvcc {
         Ok(None)
     }
 
+    /// Moves every memtable to SST files.
+    pub fn flush(&self) -> MvccResult<()> {
+        for cf in ALL_CFS {
+            self.db.flush_cf(self.cf(cf))?;
+        }
+        Ok(())
+    }
+
     /// Approximate bytes on disk (SST files plus memtables).
     pub fn size_bytes(&self) -> u64 {
         let mut total = 0;

@@ -281,6 +281,12 @@ impl Replica {
     pub async fn shutdown(&self) {
         self.stopping.store(true, Ordering::SeqCst);
         let _ = self.raft.shutdown().await;
+        if let Err(e) = self.log.flush() {
+            tracing::warn!("flushing the raft log on shutdown: {e}");
+        }
+        if let Err(e) = self.sm.mvcc().mvcc.flush() {
+            tracing::warn!("flushing the state machine on shutdown: {e}");
+        }
     }
 
     // ------------------------------------------------------------------ background tasks

@@ -185,7 +185,7 @@ impl StateMachine {
         let cf = mvcc.db().cf_handle(CF_META).expect("meta cf");
         mvcc.db().delete_cf(cf, META_APPLIED)?;
         mvcc.db().delete_cf(cf, META_MEMBERSHIP)?;
-        mvcc.db().flush()?;
+        mvcc.flush()?;
         drop(mvcc);
         write_atomic(&data_dir.join("sm.current"), b"sm-1")?;
         Ok(())
@@ -443,7 +443,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             b.put_cf(cf, META_APPLIED, bincode::serialize(&meta.last_log_id).map_err(|e| snap_err(ErrorVerb::Write, e))?);
             b.put_cf(cf, META_MEMBERSHIP, bincode::serialize(&meta.last_membership).map_err(|e| snap_err(ErrorVerb::Write, e))?);
             mvcc.db().write_opt(b, &wo).map_err(|e| snap_err(ErrorVerb::Write, e))?;
-            mvcc.db().flush().map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            mvcc.flush().map_err(|e| snap_err(ErrorVerb::Write, e))?;
             // Reload counters written by the snapshot.
             let db = mvcc.db().clone();
             drop(mvcc);

@@ -1,0 +1,278 @@
+//! Fault tests on real replica processes: leader kills, kill -9 of every replica, a replica
+//! removed and re-added with an empty disk, linearizable reads and watches across leader changes,
+//! and refusing to start on a damaged log.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use common::Cluster;
+use etcd_client::{EventType, GetOptions, WatchOptions};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+/// Puts `key=value` and reports whether the store acknowledged it.
+async fn put(c: &mut etcd_client::Client, key: &str, value: &str) -> bool {
+    tokio::time::timeout(Duration::from_secs(12), c.put(key, value, None)).await.map(|r| r.is_ok()).unwrap_or(false)
+}
+
+async fn get_serializable(c: &mut etcd_client::Client, key: &str) -> Option<String> {
+    let r = c.get(key, Some(GetOptions::new().with_serializable())).await.ok()?;
+    r.kvs().first().map(|kv| kv.value_str().unwrap_or_default().to_string())
+}
+
+fn revision_of(c: &Cluster, name: &str) -> i64 {
+    c.status(name).and_then(|s| s["revision"].as_i64()).unwrap_or(-1)
+}
+
+/// Waits until every named replica reports the same revision as the first one.
+fn wait_same_revision(c: &Cluster, names: &[&str], timeout: Duration) -> i64 {
+    let t = Instant::now();
+    loop {
+        let revs: Vec<i64> = names.iter().map(|n| revision_of(c, n)).collect();
+        if revs.iter().all(|r| *r == revs[0] && *r > 0) {
+            return revs[0];
+        }
+        assert!(t.elapsed() < timeout, "replicas did not converge: {names:?} at {revs:?}\n{}", c.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn others(c: &Cluster, not: &str) -> Vec<String> {
+    (1..=c.replicas).map(|k| format!("n{k}")).filter(|n| n != not).collect()
+}
+
+#[test]
+fn writes_continue_after_leader_kill_and_restarted_leader_catches_up() {
+    let c = Cluster::up(3, &[]);
+    rt().block_on(async {
+        let mut cli = c.client(&c.endpoints()).await;
+        for i in 0..50 {
+            assert!(put(&mut cli, &format!("k{i:03}"), "before").await);
+        }
+        let (leader, _) = c.wait_leader(Duration::from_secs(10)).expect("leader");
+        c.script_ok(&["kill", &leader]);
+        let (new_leader, took) = c.wait_leader(Duration::from_secs(10)).expect("a new leader after the kill");
+        assert_ne!(new_leader, leader);
+        eprintln!("new leader {new_leader} {took:?} after killing {leader}");
+        let mut cli = c.client(&others(&c, &leader).iter().map(|n| c.client_url(n)).collect::<Vec<_>>()).await;
+        for i in 50..100 {
+            assert!(put(&mut cli, &format!("k{i:03}"), "after").await, "write {i} after the kill");
+        }
+        c.script_ok(&["start", &leader]);
+        let names: Vec<String> = (1..=3).map(|k| format!("n{k}")).collect();
+        let rev = wait_same_revision(&c, &names.iter().map(String::as_str).collect::<Vec<_>>(), Duration::from_secs(30));
+        assert!(rev >= 101, "revision {rev}");
+        // The restarted replica serves every write from its own state.
+        let mut old = c.client(&[c.client_url(&leader)]).await;
+        for i in 0..100 {
+            assert!(get_serializable(&mut old, &format!("k{i:03}")).await.is_some(), "k{i:03} on {leader}");
+        }
+    });
+}
+
+#[test]
+fn killing_every_replica_at_once_loses_no_acknowledged_write() {
+    let c = Cluster::up(3, &[]);
+    rt().block_on(async {
+        let eps = c.endpoints();
+        let mut acked = Vec::new();
+        let writer = {
+            let eps = eps.clone();
+            let pki = c.path().join("pki");
+            tokio::spawn(async move {
+                let mut cli = common::client_for(&pki, &eps).await;
+                let mut ok = Vec::new();
+                for i in 0..100_000 {
+                    let key = format!("w{i:06}");
+                    match tokio::time::timeout(Duration::from_secs(2), cli.put(key.as_str(), "v", None)).await {
+                        Ok(Ok(_)) => ok.push(key),
+                        _ => break,
+                    }
+                }
+                ok
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        for n in ["n1", "n2", "n3"] {
+            c.script_ok(&["kill", n]);
+        }
+        acked.extend(writer.await.unwrap());
+        assert!(acked.len() > 10, "the writer made progress before the kill ({} writes)", acked.len());
+        c.script_ok(&["up", "--replicas", "3"]);
+        let mut cli = c.client(&eps).await;
+        for k in &acked {
+            let r = cli.get(k.as_str(), None).await.expect("linearizable get after restart");
+            assert_eq!(r.kvs().len(), 1, "acknowledged write {k} lost after kill -9 of every replica");
+        }
+    });
+}
+
+#[test]
+fn replica_removed_and_readded_with_empty_disk_catches_up_by_snapshot() {
+    // Small snapshot interval so the leader has purged the log the new replica would need.
+    let c = Cluster::up_with(3, 20, &[]);
+    rt().block_on(async {
+        let mut cli = c.client(&c.endpoints()).await;
+        for i in 0..60 {
+            assert!(put(&mut cli, &format!("a{i:03}"), "x").await);
+        }
+        c.script_ok(&["remove", "n3"]);
+        let members = c.etcdctl_ok(&["member", "list"]);
+        assert!(!members.contains(", n3,"), "n3 still listed: {members}");
+        let mut cli = c.client(&[c.client_url("n1"), c.client_url("n2")]).await;
+        for i in 60..120 {
+            assert!(put(&mut cli, &format!("a{i:03}"), "y").await);
+        }
+        c.script_ok(&["join", "n3"]);
+        let rev = wait_same_revision(&c, &["n1", "n2", "n3"], Duration::from_secs(60));
+        assert!(rev >= 121);
+        let metrics = std::process::Command::new("curl").args(["-s", &format!("http://{}:2381/metrics", c.ip("n3"))]).output().unwrap();
+        let text = String::from_utf8_lossy(&metrics.stdout);
+        let installed: u64 = text
+            .lines()
+            .find(|l| l.starts_with("kuberaft_snapshots_installed_total"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        assert!(installed >= 1, "n3 caught up without a snapshot:\n{text}");
+        let mut n3 = c.client(&[c.client_url("n3")]).await;
+        assert_eq!(get_serializable(&mut n3, "a119").await.as_deref(), Some("y"));
+        assert_eq!(get_serializable(&mut n3, "a000").await.as_deref(), Some("x"));
+        let members = c.etcdctl_ok(&["member", "list"]);
+        assert_eq!(members.lines().filter(|l| l.contains("started")).count(), 3, "{members}");
+        // The re-added replica takes writes like any other (forwarded to the leader).
+        assert!(put(&mut n3, "via-n3", "z").await);
+    });
+}
+
+#[test]
+fn linearizable_reads_after_leader_change_see_every_acknowledged_write() {
+    let c = Cluster::up(3, &[]);
+    rt().block_on(async {
+        let (leader, _) = c.wait_leader(Duration::from_secs(10)).expect("leader");
+        let followers = others(&c, &leader);
+        // Write through every replica, including the leader we are about to kill.
+        let mut acked: BTreeMap<String, String> = BTreeMap::new();
+        for (i, n) in ["n1", "n2", "n3"].iter().enumerate() {
+            let mut cli = c.client(&[c.client_url(n)]).await;
+            for j in 0..20 {
+                let k = format!("r{i}-{j:02}");
+                if put(&mut cli, &k, n).await {
+                    acked.insert(k, n.to_string());
+                }
+            }
+        }
+        c.script_ok(&["kill", &leader]);
+        c.wait_leader(Duration::from_secs(10)).expect("a new leader");
+        let mut more = c.client(&[c.client_url(&followers[0])]).await;
+        for j in 0..20 {
+            let k = format!("after-{j:02}");
+            if put(&mut more, &k, "new").await {
+                acked.insert(k, "new".into());
+            }
+        }
+        assert_eq!(acked.len(), 80);
+        // Every surviving replica, read linearizably right away, has all of them.
+        for f in &followers {
+            let mut cli = c.client(&[c.client_url(f)]).await;
+            for (k, v) in &acked {
+                let r = cli.get(k.as_str(), None).await.expect("linearizable get");
+                assert_eq!(r.kvs().first().and_then(|kv| kv.value_str().ok()), Some(v.as_str()), "{k} on {f}");
+            }
+        }
+    });
+}
+
+#[test]
+fn watch_from_old_revision_across_leader_change_delivers_every_event_once_in_order() {
+    let c = Cluster::up(3, &[]);
+    rt().block_on(async {
+        let (leader, _) = c.wait_leader(Duration::from_secs(10)).expect("leader");
+        let follower = others(&c, &leader)[0].clone();
+        let mut cli = c.client(&c.endpoints()).await;
+        let mut revs: Vec<i64> = Vec::new();
+        for i in 0..30 {
+            let r = cli.put(format!("w/{i:03}"), "a", None).await.expect("put");
+            revs.push(r.header().unwrap().revision());
+        }
+        let first = revs[0];
+        // Watch from the first revision on a replica that survives.
+        let mut wcli = c.client(&[c.client_url(&follower)]).await;
+        let mut stream = wcli.watch("w/", Some(WatchOptions::new().with_prefix().with_start_revision(first))).await.expect("watch");
+        c.script_ok(&["kill", &leader]);
+        c.wait_leader(Duration::from_secs(10)).expect("new leader");
+        let mut cli = c.client(&others(&c, &leader).iter().map(|n| c.client_url(n)).collect::<Vec<_>>()).await;
+        for i in 30..60 {
+            let r = cli.put(format!("w/{i:03}"), "b", None).await.expect("put after kill");
+            revs.push(r.header().unwrap().revision());
+        }
+        let del = cli.delete("w/000", None).await.expect("delete");
+        revs.push(del.header().unwrap().revision());
+        let mut seen: Vec<(i64, String, EventType)> = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while seen.len() < 61 && Instant::now() < deadline {
+            let msg = tokio::time::timeout(Duration::from_secs(5), stream.message()).await;
+            let Ok(Ok(Some(resp))) = msg else { break };
+            assert!(!resp.canceled(), "watch canceled: {}", resp.cancel_reason());
+            for e in resp.events() {
+                let kv = e.kv().unwrap();
+                seen.push((kv.mod_revision(), kv.key_str().unwrap().to_string(), e.event_type()));
+            }
+        }
+        let seen_revs: Vec<i64> = seen.iter().map(|s| s.0).collect();
+        assert_eq!(seen_revs, revs, "every revision exactly once, in order");
+        let keys: BTreeSet<&str> = seen.iter().map(|s| s.1.as_str()).collect();
+        assert_eq!(keys.len(), 60);
+        assert_eq!(seen.last().unwrap().2, EventType::Delete);
+    });
+}
+
+#[test]
+fn replica_refuses_to_start_on_a_corrupted_log() {
+    let c = Cluster::up(3, &[]);
+    rt().block_on(async {
+        let mut cli = c.client(&c.endpoints()).await;
+        for i in 0..200 {
+            assert!(put(&mut cli, &format!("c{i:03}"), &"v".repeat(200)).await);
+        }
+    });
+    wait_same_revision(&c, &["n1", "n2", "n3"], Duration::from_secs(20));
+    // A clean stop flushes the log into SST files; damage the biggest one.
+    c.script_ok(&["stop", "n3"]);
+    let log_dir = c.path().join("n3/data/log");
+    let sst = std::fs::read_dir(&log_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "sst"))
+        .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .expect("the stopped replica's log has an SST file");
+    let mut bytes = std::fs::read(&sst).unwrap();
+    let mid = bytes.len() / 3;
+    for b in &mut bytes[mid..mid + 64] {
+        *b ^= 0x5A;
+    }
+    std::fs::write(&sst, &bytes).unwrap();
+    c.script_ok(&["start", "n3"]);
+    let t = Instant::now();
+    let exited = loop {
+        let alive = std::process::Command::new("kill").args(["-0", &std::fs::read_to_string(c.path().join("n3/pid")).unwrap_or_default().trim().to_string()]).status().map(|s| s.success()).unwrap_or(false);
+        if !alive {
+            break true;
+        }
+        if t.elapsed() > Duration::from_secs(15) {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let log = std::fs::read_to_string(c.path().join("n3/server.log")).unwrap_or_default();
+    assert!(exited, "n3 kept running on a corrupted log:\n{log}");
+    assert!(log.to_lowercase().contains("corrupt"), "the error names the corruption:\n{log}");
+    // The other two still serve.
+    let out = c.etcdctl_at(&format!("{},{}", c.client_url("n1"), c.client_url("n2")), &["put", "still", "ok"]);
+    assert!(out.status.success());
+}

@@ -1,0 +1,202 @@
+//! A real cluster of `kuberaft server` processes for end-to-end tests, driven through
+//! deploy/cluster (so the script is tested too). Each cluster gets its own loopback subnet so
+//! tests can run in parallel, and is torn down on drop, also when a test fails.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+pub struct Cluster {
+    pub dir: tempfile_dir::Dir,
+    pub ip_base: String,
+    pub replicas: usize,
+}
+
+/// A small temp dir helper (no extra dependency): removed on drop unless KEEP_TEST_DIRS is set.
+pub mod tempfile_dir {
+    use std::path::{Path, PathBuf};
+    pub struct Dir(pub PathBuf);
+    impl Dir {
+        pub fn new(prefix: &str) -> Dir {
+            let p = std::env::temp_dir().join(format!("{prefix}-{}-{}", std::process::id(), rand::random::<u32>()));
+            std::fs::create_dir_all(&p).expect("create temp dir");
+            Dir(p)
+        }
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            if std::env::var_os("KEEP_TEST_DIRS").is_none() {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn kuberaft_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_kuberaft"))
+}
+
+fn unique_ip_base() -> String {
+    // 127.X.Y.0/24 with X in 20..250: one subnet per cluster, all on the loopback interface.
+    format!("127.{}.{}", 20 + rand::random::<u8>() % 230, rand::random::<u8>() % 250)
+}
+
+impl Cluster {
+    /// Starts `replicas` replicas and waits for a leader.
+    pub fn up(replicas: usize, extra: &[&str]) -> Cluster {
+        Self::up_with(replicas, 10_000, extra)
+    }
+
+    pub fn up_with(replicas: usize, snapshot_count: u64, extra: &[&str]) -> Cluster {
+        let dir = tempfile_dir::Dir::new("kuberaft-test");
+        let ip_base = unique_ip_base();
+        let c = Cluster { dir, ip_base, replicas };
+        let mut args = vec![
+            "up".to_string(),
+            "--replicas".into(),
+            replicas.to_string(),
+            "--ip-base".into(),
+            c.ip_base.clone(),
+            "--snapshot-count".into(),
+            snapshot_count.to_string(),
+        ];
+        if !extra.is_empty() {
+            args.push("--".into());
+            args.extend(extra.iter().map(|s| s.to_string()));
+        }
+        let out = c.script(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(out.status.success(), "cluster up failed: {}\n{}", String::from_utf8_lossy(&out.stderr), c.logs());
+        c
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Runs deploy/cluster with `--dir` appended.
+    pub fn script(&self, args: &[&str]) -> Output {
+        Command::new(repo_root().join("deploy/cluster"))
+            .args(args)
+            .arg("--dir")
+            .arg(self.path())
+            .env("KUBERAFT_BIN", kuberaft_bin())
+            .output()
+            .expect("run deploy/cluster")
+    }
+
+    pub fn script_ok(&self, args: &[&str]) -> String {
+        let out = self.script(args);
+        assert!(out.status.success(), "deploy/cluster {args:?} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn ip(&self, name: &str) -> String {
+        let k: u32 = name.trim_start_matches('n').parse().expect("replica name nK");
+        format!("{}.{}", self.ip_base, 10 + k)
+    }
+
+    pub fn client_url(&self, name: &str) -> String {
+        format!("https://{}:2379", self.ip(name))
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        (1..=self.replicas).map(|k| self.client_url(&format!("n{k}"))).collect()
+    }
+
+    /// The replica whose status line says `leader`, if any.
+    pub fn leader(&self) -> Option<String> {
+        let out = self.script(&["status"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| l.split_whitespace().any(|w| w == "leader"))
+            .and_then(|l| l.split_whitespace().next().map(str::to_string))
+    }
+
+    pub fn wait_leader(&self, timeout: Duration) -> Option<(String, Duration)> {
+        let t = Instant::now();
+        while t.elapsed() < timeout {
+            if let Some(l) = self.leader() {
+                return Some((l, t.elapsed()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// /status JSON of one replica.
+    pub fn status(&self, name: &str) -> Option<serde_json::Value> {
+        let out = Command::new("curl").args(["-s", "--max-time", "1", &format!("http://{}:2381/status", self.ip(name))]).output().ok()?;
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    pub fn etcdctl(&self, args: &[&str]) -> Output {
+        self.etcdctl_at(&self.endpoints().join(","), args)
+    }
+
+    pub fn etcdctl_at(&self, endpoints: &str, args: &[&str]) -> Output {
+        let pki = self.path().join("pki");
+        Command::new("etcdctl")
+            .env_remove("ETCDCTL_ENDPOINTS")
+            .env("ETCDCTL_API", "3")
+            .env("ETCDCTL_CACERT", pki.join("ca.crt"))
+            .env("ETCDCTL_CERT", pki.join("client.crt"))
+            .env("ETCDCTL_KEY", pki.join("client.key"))
+            .arg("--endpoints")
+            .arg(endpoints)
+            .arg("--command-timeout=10s")
+            .args(args)
+            .output()
+            .expect("etcdctl is installed (apt install etcd-client)")
+    }
+
+    /// etcdctl that must succeed; returns stdout.
+    pub fn etcdctl_ok(&self, args: &[&str]) -> String {
+        let out = self.etcdctl(args);
+        assert!(out.status.success(), "etcdctl {args:?} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A Rust etcd client (the etcd-client crate) over mutual TLS to the given endpoints.
+    pub async fn client(&self, endpoints: &[String]) -> etcd_client::Client {
+        client_for(&self.path().join("pki"), endpoints).await
+    }
+
+    pub fn logs(&self) -> String {
+        let mut s = String::new();
+        for k in 1..=self.replicas + 2 {
+            let p = self.path().join(format!("n{k}/server.log"));
+            if let Ok(t) = std::fs::read_to_string(&p) {
+                let tail: Vec<&str> = t.lines().rev().take(30).collect();
+                s += &format!("--- n{k} (last lines)\n{}\n", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+            }
+        }
+        s
+    }
+}
+
+/// An etcd-client connection with the admin certificate from a cluster's pki dir.
+pub async fn client_for(pki: &Path, endpoints: &[String]) -> etcd_client::Client {
+    let read = |f: &str| std::fs::read(pki.join(f)).expect("pki file");
+    let tls = etcd_client::TlsOptions::new()
+        .ca_certificate(etcd_client::Certificate::from_pem(read("ca.crt")))
+        .identity(etcd_client::Identity::from_pem(read("client.crt"), read("client.key")));
+    let opts = etcd_client::ConnectOptions::new().with_tls(tls).with_timeout(Duration::from_secs(10)).with_connect_timeout(Duration::from_secs(2));
+    etcd_client::Client::connect(endpoints, Some(opts)).await.expect("connect etcd client")
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self.script(&["down"]);
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+    }
+}
