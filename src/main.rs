@@ -14,8 +14,19 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Bring up a local control plane with embedded defaults (one replica under ./kuberaft-data).
+    Up {
+        /// Where data, certificates and etcd.env go.
+        #[arg(long, default_value = "kuberaft-data")]
+        dir: PathBuf,
+    },
     /// Run one control-plane replica (the Raft store and its etcd v3 API).
     Server(raftstore::server::ServerOptions),
+    /// Benchmarks against a peer system, measured in the same run.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCmd,
+    },
     /// Generate the cluster CA and certificates (reuses an existing CA in DIR).
     Certs {
         /// Directory for ca.crt/key, server.crt/key, client.crt/key.
@@ -24,6 +35,34 @@ enum Cmd {
         /// Addresses and names the server certificate is valid for (comma-separated).
         #[arg(long, value_delimiter = ',')]
         hosts: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Three kuberaft replicas vs three etcd 3.4 members: put, linearizable get, watch.
+    Store {
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Client counts (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "1,64,1000")]
+        clients: Vec<usize>,
+        /// Value size in bytes.
+        #[arg(long, default_value_t = 256)]
+        value_size: usize,
+        /// Distinct keys written and read.
+        #[arg(long, default_value_t = 100_000)]
+        keys: u64,
+        /// The etcd binary to compare with.
+        #[arg(long, default_value = "/usr/bin/etcd")]
+        etcd: PathBuf,
+        /// Measure kuberaft only.
+        #[arg(long)]
+        skip_etcd: bool,
+        /// Scratch directory (wiped first).
+        #[arg(long, default_value = "/tmp/kuberaft-bench")]
+        dir: PathBuf,
     },
 }
 
@@ -39,6 +78,22 @@ fn main() -> ExitCode {
         Cmd::Server(opts) => opts.resolve().and_then(|cfg| {
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(raftstore::server::run(cfg))
         }),
+        Cmd::Up { dir } => tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(Into::into).and_then(|rt| rt.block_on(raftstore::server::up(dir))),
+        Cmd::Bench { what: BenchCmd::Store { duration, clients, value_size, keys, etcd, skip_etcd, dir } } => (|| {
+            let opts = raftstore::bench::BenchOptions {
+                duration: std::time::Duration::from_secs(duration),
+                clients,
+                value_size,
+                keys,
+                etcd_bin: etcd,
+                kuberaft_bin: std::env::current_exe()?,
+                work_dir: dir,
+                skip_etcd,
+            };
+            let table = tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(raftstore::bench::run(opts))?;
+            println!("{table}");
+            Ok(())
+        })(),
         Cmd::Certs { dir, hosts } => raftstore::certs::generate(&dir, &hosts).map_err(Into::into),
     };
     match res {

@@ -6,6 +6,7 @@
 //! (watch streams), [`etcd_api`] (etcd's v3 gRPC API over a replica), [`server`] (process
 //! wiring: listeners, TLS, metrics).
 
+pub mod bench;
 pub mod certs;
 pub mod error;
 pub mod etcd_api;

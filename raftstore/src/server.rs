@@ -198,6 +198,31 @@ fn read_file(p: &Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))
 }
 
+/// `kuberaft up`: one replica with everything under `dir` (data, certificates, etcd.env),
+/// defaults for the rest, in the foreground until Ctrl-C.
+pub async fn up(dir: PathBuf) -> anyhow::Result<()> {
+    let opts = ServerOptions { name: Some("default".into()), data_dir: Some(dir.clone()), ..Default::default() };
+    let cfg = opts.resolve()?;
+    let abs = std::fs::canonicalize(&dir)?;
+    let pki = abs.join("pki");
+    let env = format!(
+        "export ETCDCTL_API=3\nexport ETCDCTL_ENDPOINTS={}\nexport ETCDCTL_CACERT={}\nexport ETCDCTL_CERT={}\nexport ETCDCTL_KEY={}\n",
+        cfg.replica.advertise_client,
+        pki.join("ca.crt").display(),
+        pki.join("client.crt").display(),
+        pki.join("client.key").display()
+    );
+    std::fs::write(abs.join("etcd.env"), env)?;
+    println!("kuberaft is up: one replica, data and certificates in {}", abs.display());
+    println!("  etcd v3 API   {}", cfg.replica.advertise_client);
+    if let Some(m) = cfg.listen_metrics {
+        println!("  metrics       http://{m}/metrics   health http://{m}/healthz");
+    }
+    println!("  try:          . {}/etcd.env && etcdctl put hello world && etcdctl get hello", abs.display());
+    println!("Press Ctrl-C to stop.");
+    run(cfg).await
+}
+
 /// Runs a replica until SIGINT/SIGTERM.
 pub async fn run(mut cfg: ServerConfig) -> anyhow::Result<()> {
     let ca = Certificate::from_pem(read_file(&cfg.cacert)?);
