@@ -243,3 +243,116 @@ fn key_encoding_preserves_order_and_is_prefix_free() {
     assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
     assert_eq!(prefix_end(b"\xff"), vec![0]);
 }
+
+/// A deliberately naive model of etcd's MVCC: every revision's full key space.
+struct Model {
+    states: Vec<BTreeMap<Vec<u8>, KeyValue>>, // states[r] = keys at revision r (index 0 unused)
+    compacted: Revision,
+}
+
+impl Model {
+    fn new() -> Model {
+        Model { states: vec![BTreeMap::new(), BTreeMap::new()], compacted: 0 }
+    }
+    fn rev(&self) -> Revision {
+        self.states.len() as Revision - 1
+    }
+    fn cur(&self) -> &BTreeMap<Vec<u8>, KeyValue> {
+        self.states.last().unwrap()
+    }
+}
+
+/// xorshift: seeded, reproducible.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+#[test]
+fn random_operations_match_a_naive_model_at_every_revision() {
+    for seed in 1..=20u64 {
+        let (_d, m) = open();
+        let mut model = Model::new();
+        let mut rng = Rng(seed.wrapping_mul(0x9E3779B97F4A7C15) | 1);
+        let keys: Vec<Vec<u8>> = ["a", "a\0", "ab", "b", "b/1", "b/2", "c"].iter().map(|k| k.as_bytes().to_vec()).collect();
+        for step in 0..300 {
+            let k = keys[rng.below(keys.len() as u64) as usize].clone();
+            match rng.below(10) {
+                0..=4 => {
+                    let v = format!("v{step}").into_bytes();
+                    let r = run(&m, Command::Txn(TxnRequest { success: vec![Op::Put(PutRequest { key: k.clone(), value: v.clone(), ..Default::default() })], ..Default::default() })).0;
+                    let mut next = model.cur().clone();
+                    let rev = model.rev() + 1;
+                    let old = next.get(&k).cloned();
+                    next.insert(k.clone(), KeyValue {
+                        key: k.clone(),
+                        create_revision: old.as_ref().map(|o| o.create_revision).unwrap_or(rev),
+                        mod_revision: rev,
+                        version: old.map(|o| o.version).unwrap_or(0) + 1,
+                        value: v,
+                        lease: 0,
+                    });
+                    model.states.push(next);
+                    assert_eq!(r.revision, model.rev(), "seed {seed} step {step}");
+                }
+                5..=6 => {
+                    let end = if rng.below(2) == 0 { vec![] } else { prefix_end(&k[..1]) };
+                    let r = run(&m, Command::Txn(TxnRequest { success: vec![Op::Delete(DeleteRequest { key: k.clone(), range_end: end.clone(), prev_kv: false })], ..Default::default() })).0;
+                    let mut next = model.cur().clone();
+                    let before = next.len();
+                    next.retain(|key, _| !in_range(key, &k, &end));
+                    if next.len() != before {
+                        model.states.push(next);
+                    }
+                    assert_eq!(r.revision, model.rev(), "seed {seed} step {step}");
+                }
+                7 => {
+                    // Compact somewhere in the retained window now and then.
+                    if rng.below(4) == 0 && model.rev() > model.compacted + 1 {
+                        let to = model.compacted + 1 + rng.below((model.rev() - model.compacted) as u64) as i64;
+                        let r = run(&m, Command::Compact { revision: to }).0;
+                        assert_eq!(r.result, Ok(CommandResult::Compacted));
+                        model.compacted = to;
+                    }
+                }
+                _ => {
+                    // Check a random range at a random retained revision.
+                    let lo = model.compacted.max(1);
+                    let at = lo + rng.below((model.rev() - lo + 1) as u64) as i64;
+                    let (start, end) = match rng.below(3) {
+                        0 => (k.clone(), vec![]),
+                        1 => (k.clone(), prefix_end(&k[..1])),
+                        _ => (vec![0], vec![0]),
+                    };
+                    let got = m.range(&RangeRequest { key: start.clone(), range_end: end.clone(), revision: at, ..Default::default() }).unwrap().unwrap();
+                    let want: Vec<KeyValue> = model.states[at as usize].iter().filter(|(key, _)| in_range(key, &start, &end)).map(|(_, v)| v.clone()).collect();
+                    assert_eq!(got.kvs, want, "seed {seed} step {step} range {start:?}..{end:?} at {at}");
+                    if at < model.compacted {
+                        unreachable!();
+                    }
+                }
+            }
+        }
+        // Replaying the retained history rebuilds the current state from the compacted one.
+        let from = model.compacted.max(1);
+        let hist = m.history(from + 1, model.rev(), usize::MAX).unwrap().unwrap();
+        let mut state = model.states[from as usize].clone();
+        for r in &hist {
+            for e in &r.events {
+                match e.kind {
+                    EventKind::Put => state.insert(e.kv.key.clone(), e.kv.clone()),
+                    EventKind::Delete => state.remove(&e.kv.key),
+                };
+            }
+        }
+        assert_eq!(&state, model.cur(), "seed {seed}: history replay");
+    }
+}
