@@ -11,6 +11,7 @@ pub struct Metrics {
     pub fsync_seconds: Histogram,
     pub proposal_seconds: Histogram,
     pub apply_seconds: Histogram,
+    pub batch_commands: Histogram,
     pub leader_changes: Counter,
     pub term: Gauge,
     pub commit_index: Gauge,
@@ -33,6 +34,7 @@ impl Default for Metrics {
             fsync_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 18)),
             proposal_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
             apply_seconds: Histogram::new(exponential_buckets(0.00001, 2.0, 18)),
+            batch_commands: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
             leader_changes: Counter::default(),
             term: Gauge::default(),
             commit_index: Gauge::default(),
@@ -51,6 +53,7 @@ impl Default for Metrics {
         registry.register("raft_log_fsync_seconds", "Latency of fsyncing appended Raft log entries", m.fsync_seconds.clone());
         registry.register("proposal_seconds", "Latency from proposing a write to its result", m.proposal_seconds.clone());
         registry.register("apply_seconds", "Latency of applying one batch of committed entries", m.apply_seconds.clone());
+        registry.register("proposal_batch_commands", "Client commands per proposed log entry (group commit)", m.batch_commands.clone());
         registry.register("raft_leader_changes", "Leader changes seen by this replica", m.leader_changes.clone());
         registry.register("raft_term", "Current Raft term", m.term.clone());
         registry.register("raft_commit_index", "Highest committed log index known", m.commit_index.clone());

@@ -191,6 +191,9 @@ impl Mvcc {
         opts.set_paranoid_checks(true);
         opts.set_max_background_jobs(2);
         opts.set_keep_log_file_num(3);
+        // Applies skip the WAL (the Raft log is the durable record); flushing every column
+        // family together keeps what reaches disk a consistent prefix of the applied entries.
+        opts.set_atomic_flush(true);
         opts
     }
 
@@ -572,8 +575,9 @@ impl Mvcc {
         }
     }
 
-    /// Writes the batch (not synced: the Raft log is the durable source, replay is idempotent
-    /// by log index) and publishes its revision to readers.
+    /// Writes the batch without the WAL (the Raft log is the durable source; after a crash the
+    /// state machine restarts from its last flush, whose applied log id is part of it, and
+    /// replays the log from there) and publishes its revision to readers.
     pub fn commit(&self, mut b: ApplyBatch) -> MvccResult<Vec<RevisionEvents>> {
         let meta = self.cf(CF_META);
         if b.revision != b.base_revision {
@@ -586,7 +590,7 @@ impl Mvcc {
             b.batch.put_cf(meta, k, v);
         }
         let mut wo = WriteOptions::default();
-        wo.set_sync(false);
+        wo.disable_wal(true);
         self.db.write_opt(std::mem::take(&mut b.batch), &wo)?;
         self.compact_revision.store(b.compact_revision, Ordering::SeqCst);
         self.revision.store(b.revision, Ordering::SeqCst);

@@ -121,8 +121,18 @@ struct ReadIndexQueue {
     state: Mutex<(bool, Vec<oneshot::Sender<StoreResult<u64>>>)>,
 }
 
+type WriteReq = (Command, oneshot::Sender<StoreResult<Response>>);
+
+/// Most client commands proposed as one log entry.
+const MAX_BATCH_COMMANDS: usize = 256;
+/// Most bytes of values proposed as one log entry.
+const MAX_BATCH_BYTES: usize = 2 << 20;
+/// Batches in flight at once; while they are, new writes queue up into the next batch.
+const MAX_BATCHES_IN_FLIGHT: usize = 4;
+
 pub struct Replica {
     pub id: NodeId,
+    writes: mpsc::Sender<WriteReq>,
     pub cfg: ReplicaConfig,
     pub raft: Raft,
     pub sm: Arc<SmShared>,
@@ -134,6 +144,24 @@ pub struct Replica {
     reads: ReadIndexQueue,
     membership_lock: tokio::sync::Mutex<()>,
     stopping: AtomicBool,
+}
+
+fn command_bytes(c: &Command) -> usize {
+    fn ops(o: &[Op]) -> usize {
+        o.iter()
+            .map(|op| match op {
+                Op::Put(p) => p.key.len() + p.value.len(),
+                Op::Delete(d) => d.key.len() + d.range_end.len(),
+                Op::Range(r) => r.key.len() + r.range_end.len(),
+                Op::Txn(t) => ops(&t.success) + ops(&t.failure),
+            })
+            .sum::<usize>()
+            + 16
+    }
+    match c {
+        Command::Txn(t) => ops(&t.success) + ops(&t.failure) + t.compare.len() * 32,
+        _ => 16,
+    }
 }
 
 fn fatal<E: std::fmt::Display>(e: E) -> StoreError {
@@ -231,8 +259,10 @@ impl Replica {
             }
         }
 
+        let (writes, write_rx) = mpsc::channel(16 * 1024);
         let r = Arc::new(Replica {
             id,
+            writes,
             cfg,
             raft,
             sm: sm_shared,
@@ -245,6 +275,7 @@ impl Replica {
             membership_lock: tokio::sync::Mutex::new(()),
             stopping: AtomicBool::new(false),
         });
+        tokio::spawn(Self::batch_loop(Arc::downgrade(&r), write_rx));
         tokio::spawn(Self::metrics_loop(Arc::downgrade(&r)));
         tokio::spawn(Self::lease_loop(Arc::downgrade(&r)));
         tokio::spawn(Self::publish_loop(Arc::downgrade(&r)));
@@ -290,6 +321,57 @@ impl Replica {
     }
 
     // ------------------------------------------------------------------ background tasks
+
+    /// Group commit of proposals: every write queued while earlier batches are in flight goes
+    /// into one `Command::Batch` log entry (and one forwarded RPC on a follower). Each command
+    /// still gets its own revision and result.
+    async fn batch_loop(me: std::sync::Weak<Replica>, mut rx: mpsc::Receiver<WriteReq>) {
+        let permits = Arc::new(tokio::sync::Semaphore::new(MAX_BATCHES_IN_FLIGHT));
+        loop {
+            let Ok(permit) = permits.clone().acquire_owned().await else { return };
+            let Some(first) = rx.recv().await else { return };
+            let mut batch = vec![first];
+            let mut bytes = command_bytes(&batch[0].0);
+            while batch.len() < MAX_BATCH_COMMANDS && bytes < MAX_BATCH_BYTES {
+                match rx.try_recv() {
+                    Ok(w) => {
+                        bytes += command_bytes(&w.0);
+                        batch.push(w);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let Some(r) = me.upgrade() else { return };
+            r.metrics.batch_commands.observe(batch.len() as f64);
+            tokio::spawn(async move {
+                let _permit = permit;
+                if batch.len() == 1 {
+                    let (cmd, tx) = batch.pop().expect("one");
+                    let _ = tx.send(r.write_now(cmd).await);
+                    return;
+                }
+                let (cmds, txs): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
+                match r.write_now(Command::Batch(cmds)).await {
+                    Ok(Response { result: Ok(CommandResult::Batch(rs)), .. }) if rs.len() == txs.len() => {
+                        for (tx, resp) in txs.into_iter().zip(rs) {
+                            let _ = tx.send(Ok(resp));
+                        }
+                    }
+                    Ok(other) => {
+                        let e = StoreError::Internal(format!("unexpected batch result {other:?}"));
+                        for tx in txs {
+                            let _ = tx.send(Err(e.clone()));
+                        }
+                    }
+                    Err(e) => {
+                        for tx in txs {
+                            let _ = tx.send(Err(e.clone()));
+                        }
+                    }
+                }
+            });
+        }
+    }
 
     async fn metrics_loop(me: std::sync::Weak<Replica>) {
         let Some(r) = me.upgrade() else { return };
@@ -559,8 +641,18 @@ impl Replica {
 
     // ------------------------------------------------------------------ client operations
 
-    /// Proposes a command through Raft and returns its applied result.
+    /// Proposes a command through Raft and returns its applied result. Transactions are batched
+    /// with concurrent ones (group commit).
     pub async fn write(&self, cmd: Command) -> StoreResult<Response> {
+        if !matches!(cmd, Command::Txn(_)) {
+            return self.write_now(cmd).await;
+        }
+        let (tx, rx) = oneshot::channel();
+        self.writes.send((cmd, tx)).await.map_err(|_| StoreError::Stopped)?;
+        rx.await.map_err(|_| StoreError::Stopped)?
+    }
+
+    async fn write_now(&self, cmd: Command) -> StoreResult<Response> {
         match self.forward_or_local(ForwardRequest::Write(cmd)).await? {
             ForwardResponse::Write(r) => Ok(r),
             other => Err(StoreError::Internal(format!("unexpected answer to a write: {other:?}"))),

@@ -250,7 +250,7 @@ pub async fn run(mut cfg: ServerConfig) -> anyhow::Result<()> {
         .tls_config(server_tls.clone())?
         .tcp_nodelay(true)
         .add_service(PeerService { replica: replica.clone() }.into_server())
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(peer_listener), stopped(stop_rx.clone()));
+        .serve_with_incoming_shutdown(nodelay(peer_listener), stopped(stop_rx.clone()));
     let peer_task = tokio::spawn(peer);
 
     let api = EtcdApi { replica: replica.clone() };
@@ -265,7 +265,7 @@ pub async fn run(mut cfg: ServerConfig) -> anyhow::Result<()> {
         .add_service(PbLeaseServer::new(api.clone()).max_decoding_message_size(max))
         .add_service(PbClusterServer::new(api.clone()).max_decoding_message_size(max))
         .add_service(PbMaintenanceServer::new(api.clone()).max_decoding_message_size(max).max_encoding_message_size(8 << 20))
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(client_listener), stopped(stop_rx.clone()));
+        .serve_with_incoming_shutdown(nodelay(client_listener), stopped(stop_rx.clone()));
     let client_task = tokio::spawn(client);
 
     if let Some(l) = metrics_listener {
@@ -283,6 +283,18 @@ pub async fn run(mut cfg: ServerConfig) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     replica.shutdown().await;
     Ok(())
+}
+
+/// Accepted connections with Nagle's algorithm off: small gRPC frames (heartbeats, acks, read
+/// index answers) must not wait for a delayed ACK. (tonic's own `tcp_nodelay` only applies to
+/// listeners it binds itself.)
+fn nodelay(listener: tokio::net::TcpListener) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
+        let s = s?;
+        s.set_nodelay(true)?;
+        Ok(s)
+    })
 }
 
 async fn serve_metrics(listener: tokio::net::TcpListener, replica: Arc<Replica>) {

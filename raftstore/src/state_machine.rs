@@ -329,8 +329,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             let (applied, membership) = write_snapshot(&handle.mvcc, &mut f).map_err(|e| snap_err(ErrorVerb::Write, e))?;
             let f = f.into_inner().map_err(|e| snap_err(ErrorVerb::Write, e))?;
             f.sync_all().map_err(|e| snap_err(ErrorVerb::Write, e))?;
-            // Everything applied so far becomes durable before the log below it may be purged.
-            handle.mvcc.db().flush_wal(true).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            // Everything applied so far becomes durable before the log below it may be purged
+            // (applies skip the WAL).
+            handle.mvcc.flush().map_err(|e| snap_err(ErrorVerb::Write, e))?;
             let id = match &applied {
                 Some(l) => format!("{}-{}-{}-{seq}", l.leader_id.term, l.leader_id.node_id, l.index),
                 None => format!("0-0-0-{seq}"),
