@@ -259,3 +259,109 @@ impl Drop for WatchStream {
         self.sm.metrics.watchers.dec_by(self.watchers.len() as i64);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::state_machine::StateMachine;
+    use openraft::storage::RaftStateMachine;
+    use openraft::{CommittedLeaderId, EntryPayload, RaftSnapshotBuilder};
+
+    fn put(i: u64) -> Entry {
+        let cmd = Command::Txn(TxnRequest {
+            success: vec![Op::Put(PutRequest { key: format!("k{:03}", i % 7).into_bytes(), value: format!("v{i}").into_bytes(), ..Default::default() })],
+            ..Default::default()
+        });
+        Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), i), payload: EntryPayload::Normal(cmd) }
+    }
+
+    async fn next_events(rx: &mut mpsc::Receiver<WatchOut>, ws: &mut WatchStream, want: usize) -> Vec<(Revision, Vec<u8>)> {
+        let mut got = Vec::new();
+        while got.len() < want {
+            tokio::select! {
+                o = rx.recv() => match o.expect("stream open") {
+                    WatchOut::Events { events, .. } => got.extend(events.into_iter().map(|e| (e.kv.mod_revision, e.kv.value))),
+                    WatchOut::Canceled { reason, .. } => panic!("canceled: {reason}"),
+                    _ => {}
+                },
+                h = ws.recv_hub() => ws.on_hub(h).await.unwrap(),
+            }
+        }
+        got
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn watcher_on_a_replica_that_installs_a_snapshot_neither_skips_nor_repeats() {
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut a = StateMachine::open(da.path(), Arc::new(Metrics::default())).unwrap();
+        let mut b = StateMachine::open(db.path(), Arc::new(Metrics::default())).unwrap();
+        // The leader's state machine is at entry 40; the lagging one at 10.
+        a.apply((1..=40).map(put).collect::<Vec<_>>()).await.unwrap();
+        b.apply((1..=10).map(put).collect::<Vec<_>>()).await.unwrap();
+        let (tx, mut rx) = mpsc::channel(1024);
+        let mut ws = WatchStream::new(b.shared.clone(), tx);
+        ws.create(WatchSpec { key: b"k".to_vec(), range_end: b"l".to_vec(), start_revision: 2, ..Default::default() }).await.unwrap();
+        let first = next_events(&mut rx, &mut ws, 10).await;
+        assert_eq!(first.iter().map(|e| e.0).collect::<Vec<_>>(), (2..=11).collect::<Vec<_>>());
+
+        // Ship a snapshot of `a` to `b`, as openraft does.
+        let snap = a.build_snapshot().await.unwrap();
+        let mut src = snap.snapshot;
+        let mut dst = b.begin_receiving_snapshot().await.unwrap();
+        tokio::io::copy(&mut *src, &mut *dst).await.unwrap();
+        b.install_snapshot(&snap.meta, dst).await.unwrap();
+        assert_eq!(b.shared.mvcc().mvcc.current_revision(), 41);
+
+        // Then the log continues on `b`.
+        b.apply((41..=45).map(put).collect::<Vec<_>>()).await.unwrap();
+        let rest = next_events(&mut rx, &mut ws, 35).await;
+        let revs: Vec<Revision> = rest.iter().map(|e| e.0).collect();
+        assert_eq!(revs, (12..=46).collect::<Vec<_>>(), "every revision after the first batch exactly once");
+        assert_eq!(rest.last().unwrap().1, b"v45".to_vec());
+
+        // A progress request reports everything delivered.
+        ws.progress().await.unwrap();
+        loop {
+            match rx.recv().await.unwrap() {
+                WatchOut::Progress { watch_id, revision } => {
+                    assert_eq!((watch_id, revision), (-1, 46));
+                    break;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn watcher_behind_a_snapshot_with_a_newer_compaction_is_canceled_as_compacted() {
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut a = StateMachine::open(da.path(), Arc::new(Metrics::default())).unwrap();
+        let mut b = StateMachine::open(db.path(), Arc::new(Metrics::default())).unwrap();
+        a.apply((1..=30).map(put).collect::<Vec<_>>()).await.unwrap();
+        let compact = Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), 31), payload: EntryPayload::Normal(Command::Compact { revision: 25 }) };
+        a.apply(vec![compact]).await.unwrap();
+        b.apply((1..=5).map(put).collect::<Vec<_>>()).await.unwrap();
+        let (tx, mut rx) = mpsc::channel(1024);
+        let mut ws = WatchStream::new(b.shared.clone(), tx);
+        ws.create(WatchSpec { key: b"k".to_vec(), range_end: b"l".to_vec(), start_revision: 2, ..Default::default() }).await.unwrap();
+        let _ = next_events(&mut rx, &mut ws, 5).await;
+        let snap = a.build_snapshot().await.unwrap();
+        let mut src = snap.snapshot;
+        let mut dst = b.begin_receiving_snapshot().await.unwrap();
+        tokio::io::copy(&mut *src, &mut *dst).await.unwrap();
+        b.install_snapshot(&snap.meta, dst).await.unwrap();
+        let h = ws.recv_hub().await;
+        ws.on_hub(h).await.unwrap();
+        loop {
+            match rx.recv().await.unwrap() {
+                WatchOut::Canceled { compact_revision, .. } => {
+                    assert_eq!(compact_revision, 25);
+                    break;
+                }
+                WatchOut::Events { events, .. } => panic!("events past a compaction gap: {events:?}"),
+                _ => {}
+            }
+        }
+    }
+}
