@@ -5,6 +5,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+// glibc malloc showed up at ~8% of CPU under write load (consolidation, arena locks).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "kuberaft", version, about = "A Kubernetes-compatible control plane on an embedded Raft store")]
 struct Cli {

@@ -657,7 +657,6 @@ fn put_value_from_stdin_is_stored_verbatim() {
 }
 
 #[test]
-#[ignore = "server bug: a ~1 MiB entry never replicates: AppendEntries times out after heartbeat-interval (100 ms) and is retried forever, followers lag and elections churn"]
 fn put_value_near_request_limit_is_replicated_to_every_replica() {
     let c = cluster3();
     // 1 MiB: well under the 1.5 MiB request limit.

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest, VoteResponse};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -23,6 +23,9 @@ use pb::Msg;
 /// Largest gRPC message between replicas (snapshot chunks are smaller; entries are capped by
 /// the client request limit).
 pub const MAX_PEER_MESSAGE: usize = 64 << 20;
+
+/// Largest AppendEntries we send with more than one entry.
+pub const MAX_APPEND_BYTES: u64 = 4 << 20;
 
 pub fn encode<T: Serialize>(v: &T) -> Msg {
     Msg { data: bincode::serialize(v).expect("in-memory serialization cannot fail") }
@@ -170,6 +173,16 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
+        // openraft gives each AppendEntries one heartbeat interval; keep a message small enough
+        // to cross in that time by asking it to send fewer entries.
+        let n = rpc.entries.len() as u64;
+        if n > 1 {
+            let bytes = bincode::serialized_size(&rpc).unwrap_or(0);
+            if bytes > MAX_APPEND_BYTES {
+                let fit = (n * MAX_APPEND_BYTES / bytes).clamp(1, n - 1);
+                return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(fit)));
+            }
+        }
         self.call(0, &rpc, &option).await
     }
 
