@@ -128,7 +128,7 @@ const MAX_BATCH_COMMANDS: usize = 256;
 /// Most bytes of values proposed as one log entry.
 const MAX_BATCH_BYTES: usize = 2 << 20;
 /// Batches in flight at once; while they are, new writes queue up into the next batch.
-const MAX_BATCHES_IN_FLIGHT: usize = 4;
+const MAX_BATCHES_IN_FLIGHT: usize = 1;
 
 pub struct Replica {
     pub id: NodeId,
