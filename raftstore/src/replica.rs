@@ -132,6 +132,7 @@ const MAX_BATCHES_IN_FLIGHT: usize = 1;
 
 pub struct Replica {
     pub id: NodeId,
+    me: std::sync::Weak<Replica>,
     writes: mpsc::Sender<WriteReq>,
     pub cfg: ReplicaConfig,
     pub raft: Raft,
@@ -260,8 +261,9 @@ impl Replica {
         }
 
         let (writes, write_rx) = mpsc::channel(16 * 1024);
-        let r = Arc::new(Replica {
+        let r = Arc::new_cyclic(|me| Replica {
             id,
+            me: me.clone(),
             writes,
             cfg,
             raft,
@@ -681,7 +683,11 @@ impl Replica {
             }
         };
         if start_round {
-            self.run_read_rounds().await;
+            // The rounds run on their own task: a reader that gives up must not strand the
+            // readers queued behind it.
+            if let Some(me) = self.me.upgrade() {
+                tokio::spawn(async move { me.run_read_rounds().await });
+            }
         }
         let index = rx.await.map_err(|_| StoreError::Stopped)??;
         let timeout = self.cfg.request_timeout;
