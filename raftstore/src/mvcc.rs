@@ -17,7 +17,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
-use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions, DB};
+use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions, Snapshot, WriteBatch, WriteOptions, DB};
 use serde::{Deserialize, Serialize};
 
 use crate::types::*;
@@ -32,6 +32,7 @@ pub const ALL_CFS: [&str; 6] = [CF_CUR, CF_VER, CF_REV, CF_LEASE, CF_LEASE_KEYS,
 
 const META_REVISION: &[u8] = b"revision";
 const META_COMPACT: &[u8] = b"compact";
+const META_PHYSICAL: &[u8] = b"compact_physical";
 
 /// Shared block cache of the state machine's column families.
 const BLOCK_CACHE_BYTES: usize = 128 << 20;
@@ -271,11 +272,15 @@ impl Mvcc {
 
     /// Latest live kvs in [start, end) at the current revision, at most `limit` (0 = all) plus
     /// whether more exist and the total count.
-    fn scan_cur(&self, start: &[u8], end: &[u8], limit: usize, keys_only: bool) -> MvccResult<(Vec<KeyValue>, i64)> {
+    fn scan_cur(&self, snap: &Snapshot<'_>, start: &[u8], end: &[u8], limit: usize, keys_only: bool) -> MvccResult<(Vec<KeyValue>, i64)> {
         let mut out = Vec::new();
         let mut count = 0i64;
         if end.is_empty() {
-            if let Some(kv) = self.get_cur(start)? {
+            if let Some(v) = snap.get_cf(self.cf(CF_CUR), start)? {
+                let mut kv: KeyValue = decode(CF_CUR, &v)?;
+                if keys_only {
+                    kv.value.clear();
+                }
                 out.push(kv);
                 count = 1;
             }
@@ -285,7 +290,7 @@ impl Mvcc {
         if end != [0] {
             ro.set_iterate_upper_bound(end.to_vec());
         }
-        let iter = self.db.iterator_cf_opt(self.cf(CF_CUR), ro, IteratorMode::From(start, Direction::Forward));
+        let iter = snap.iterator_cf_opt(self.cf(CF_CUR), ro, IteratorMode::From(start, Direction::Forward));
         for item in iter {
             let (_k, v) = item?;
             count += 1;
@@ -301,10 +306,10 @@ impl Mvcc {
     }
 
     /// The version of `key` visible at `rev` (None if absent or deleted at that revision).
-    fn get_at(&self, key: &[u8], rev: Revision) -> MvccResult<Option<KeyValue>> {
+    fn get_at(&self, snap: &Snapshot<'_>, key: &[u8], rev: Revision) -> MvccResult<Option<KeyValue>> {
         let prefix = encode_key(key);
         let seek = ver_key(key, rev, u32::MAX);
-        let mut it = self.db.raw_iterator_cf(self.cf(CF_VER));
+        let mut it = snap.raw_iterator_cf(self.cf(CF_VER));
         it.seek(&seek);
         if it.valid() {
             if let (Some(k), Some(v)) = (it.key(), it.value()) {
@@ -319,16 +324,21 @@ impl Mvcc {
     }
 
     /// Kvs in [start, end) as of `rev` (a past revision), from the version index.
-    fn scan_at(&self, start: &[u8], end: &[u8], rev: Revision, limit: usize, keys_only: bool) -> MvccResult<(Vec<KeyValue>, i64)> {
+    fn scan_at(&self, snap: &Snapshot<'_>, start: &[u8], end: &[u8], rev: Revision, limit: usize, keys_only: bool) -> MvccResult<(Vec<KeyValue>, i64)> {
         if end.is_empty() {
-            let kv = self.get_at(start, rev)?;
+            let kv = self.get_at(snap, start, rev)?.map(|mut kv| {
+                if keys_only {
+                    kv.value.clear();
+                }
+                kv
+            });
             let count = kv.is_some() as i64;
             return Ok((kv.into_iter().collect(), count));
         }
         let mut out = Vec::new();
         let mut count = 0i64;
         let upper = if end == [0] { None } else { Some(encode_key(end)) };
-        let mut it = self.db.raw_iterator_cf(self.cf(CF_VER));
+        let mut it = snap.raw_iterator_cf(self.cf(CF_VER));
         it.seek(encode_key(start));
         let target_suffix_main = (!(rev as u64)).to_be_bytes();
         while it.valid() {
@@ -377,25 +387,42 @@ impl Mvcc {
         Ok((out, count))
     }
 
-    /// A read outside any write transaction.
+    /// A read outside any write transaction, from one consistent view. Also returns the store
+    /// revision of that view (the response header's revision).
     pub fn range(&self, req: &RangeRequest) -> MvccResult<Result<RangeResponse, ApplyError>> {
+        Ok(self.range_with(req, None)?.map(|(r, _)| r))
+    }
+
+    pub fn range_at_view(&self, req: &RangeRequest) -> MvccResult<Result<(RangeResponse, Revision), ApplyError>> {
         self.range_with(req, None)
+    }
+
+    fn snap_meta_i64(&self, snap: &Snapshot<'_>, key: &[u8]) -> MvccResult<Option<i64>> {
+        match snap.get_cf(self.cf(CF_META), key)? {
+            None => Ok(None),
+            Some(v) if v.len() == 8 => Ok(Some(i64::from_be_bytes(v[..].try_into().unwrap_or_default()))),
+            Some(_) => Err(MvccError::Corrupt { cf: CF_META, detail: "bad integer".into() }),
+        }
     }
 
     fn range_with(
         &self,
         req: &RangeRequest,
         pending: Option<(&BTreeMap<Vec<u8>, Option<KeyValue>>, Revision)>,
-    ) -> MvccResult<Result<RangeResponse, ApplyError>> {
+    ) -> MvccResult<Result<(RangeResponse, Revision), ApplyError>> {
+        // Everything below reads one consistent view: a concurrent apply or background compaction
+        // can neither mix revisions into a list nor remove versions it still needs.
+        let snap = self.db.snapshot();
+        let db_rev = self.snap_meta_i64(&snap, META_REVISION)?.unwrap_or(1);
         let current = match pending {
             Some((_, r)) => r,
-            None => self.current_revision(),
+            None => db_rev,
         };
         let rev = if req.revision <= 0 { current } else { req.revision };
         if rev > current {
             return Ok(Err(ApplyError::FutureRevision));
         }
-        let compact = self.compact_revision();
+        let compact = self.snap_meta_i64(&snap, META_COMPACT)?.unwrap_or(0);
         if rev < compact {
             return Ok(Err(ApplyError::Compacted { compact_revision: compact }));
         }
@@ -410,11 +437,10 @@ impl Mvcc {
         };
         let limit = if needs_all || !overlay.is_empty() || req.limit <= 0 { 0 } else { req.limit as usize };
         let keys_only = req.keys_only && overlay.is_empty();
-        let db_rev = self.current_revision();
         let res = if rev >= db_rev {
-            self.scan_cur(&req.key, &req.range_end, limit, keys_only)
+            self.scan_cur(&snap, &req.key, &req.range_end, limit, keys_only)
         } else {
-            self.scan_at(&req.key, &req.range_end, rev, limit, keys_only)
+            self.scan_at(&snap, &req.key, &req.range_end, rev, limit, keys_only)
         };
         let (mut kvs, mut count) = res?;
         if !overlay.is_empty() {
@@ -460,7 +486,7 @@ impl Mvcc {
         if req.count_only {
             kvs.clear();
         }
-        Ok(Ok(RangeResponse { kvs, more, count }))
+        Ok(Ok((RangeResponse { kvs, more, count }, current)))
     }
 
     pub fn lease(&self, id: i64) -> MvccResult<Option<LeaseRecord>> {
@@ -631,7 +657,8 @@ impl Mvcc {
     }
 
     fn pending_keys_in(&self, b: &ApplyBatch, start: &[u8], end: &[u8]) -> MvccResult<Vec<KeyValue>> {
-        let (kvs, _) = self.scan_cur(start, end, 0, false)?;
+        let snap = self.db.snapshot();
+        let (kvs, _) = self.scan_cur(&snap, start, end, 0, false)?;
         let mut merged: BTreeMap<Vec<u8>, KeyValue> = kvs.into_iter().map(|kv| (kv.key.clone(), kv)).collect();
         for (k, v) in b.cur.iter().filter(|(k, _)| in_range(k, start, end)) {
             match v {
@@ -711,16 +738,48 @@ impl Mvcc {
         if rev > b.revision {
             return Ok(Err(ApplyError::FutureRevision));
         }
-        let from = b.compact_revision.max(1);
-        // Every key written in [from, rev): keep only its newest version at or below rev, unless
-        // that is a tombstone. Events below rev are dropped from the event log.
+        // Logical compaction only: reads and watches below `rev` fail from now on. The versions
+        // they would have needed are removed by `compact_step` in the background (as etcd does),
+        // so a large compaction never stalls the entries applied after it.
+        b.compact_revision = rev;
+        Ok(Ok(CommandResult::Compacted))
+    }
+
+    /// How far physical compaction has got (everything below is gone).
+    pub fn physically_compacted(&self) -> MvccResult<Revision> {
+        Ok(self.read_meta_i64(META_PHYSICAL)?.unwrap_or(0))
+    }
+
+    /// Removes a chunk of what compaction made unreachable: event-log entries below the
+    /// compaction revision, and every version of a key older than its newest version at or below
+    /// it (and that one too if it is a tombstone below it). Returns true once caught up.
+    /// Invisible to readers: they only read at or above the compaction revision, from snapshots.
+    pub fn compact_step(&self, max_events: usize) -> MvccResult<bool> {
+        let target = self.compact_revision();
+        let done = self.physically_compacted()?;
+        if done >= target {
+            return Ok(true);
+        }
+        let from = done.max(1);
+        let mut batch = WriteBatch::default();
         let mut keys: Vec<Vec<u8>> = Vec::new();
+        let mut upto = target;
         let mut ro = ReadOptions::default();
-        ro.set_iterate_upper_bound(rev_key(rev, 0).to_vec());
+        ro.set_iterate_upper_bound(rev_key(target, 0).to_vec());
         let iter = self.db.iterator_cf_opt(self.cf(CF_REV), ro, IteratorMode::From(&rev_key(from, 0), Direction::Forward));
+        let mut last_main = 0;
         for item in iter {
             let (k, key) = item?;
-            b.batch.delete_cf(self.cf(CF_REV), &k);
+            let Some((main, _)) = parse_rev_key(&k) else {
+                return Err(MvccError::Corrupt { cf: CF_REV, detail: "bad revision key".into() });
+            };
+            // Stop between revisions, never inside one.
+            if keys.len() >= max_events && main != last_main {
+                upto = main;
+                break;
+            }
+            last_main = main;
+            batch.delete_cf(self.cf(CF_REV), &k);
             keys.push(key.to_vec());
         }
         keys.sort();
@@ -728,29 +787,32 @@ impl Mvcc {
         for key in keys {
             let prefix = encode_key(&key);
             let mut it = self.db.raw_iterator_cf(self.cf(CF_VER));
-            it.seek(ver_key(&key, rev, u32::MAX));
+            it.seek(ver_key(&key, target, u32::MAX));
             let mut first = true;
             while it.valid() {
                 let Some(k) = it.key() else { break };
                 if !(k.len() == prefix.len() + 12 && k.starts_with(&prefix)) {
                     break;
                 }
-                // The newest version at or below `rev` survives if live; a tombstone survives only
-                // at exactly `rev`, whose event stays in the log for watchers starting there.
+                // The newest version at or below `target` survives if live; a tombstone survives
+                // only at exactly `target`, whose event stays in the log for watchers from there.
                 let keep = first && {
                     let kv: KeyValue = decode(CF_VER, it.value().unwrap_or_default())?;
-                    kv.version != 0 || kv.mod_revision == rev
+                    kv.version != 0 || kv.mod_revision == target
                 };
                 if !keep {
-                    b.batch.delete_cf(self.cf(CF_VER), k);
+                    batch.delete_cf(self.cf(CF_VER), k);
                 }
                 first = false;
                 it.next();
             }
             it.status()?;
         }
-        b.compact_revision = rev;
-        Ok(Ok(CommandResult::Compacted))
+        batch.put_cf(self.cf(CF_META), META_PHYSICAL, upto.to_be_bytes());
+        let mut wo = WriteOptions::default();
+        wo.disable_wal(true);
+        self.db.write_opt(batch, &wo)?;
+        Ok(upto >= target)
     }
 
     fn check_txn(&self, b: &ApplyBatch, t: &TxnRequest) -> MvccResult<Result<bool, ApplyError>> {
@@ -839,7 +901,7 @@ impl Mvcc {
                     // Reads see this transaction's earlier writes.
                     let visible = if txn.sub > 0 { txn.main } else { b.revision };
                     match self.range_with(r, Some((&b.cur, visible)))? {
-                        Ok(resp) => OpResponse::Range(resp),
+                        Ok((resp, _)) => OpResponse::Range(resp),
                         Err(e) => return Ok(Err(e)),
                     }
                 }

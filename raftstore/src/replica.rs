@@ -147,6 +147,14 @@ pub struct Replica {
     stopping: AtomicBool,
 }
 
+/// etcd's MaxLeaseTTL (about 285 years).
+pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
+
+fn lease_deadline(now: Instant, ttl: i64) -> Instant {
+    let ttl = Duration::from_secs(ttl.clamp(0, MAX_LEASE_TTL) as u64);
+    now.checked_add(ttl).unwrap_or(now + Duration::from_secs(86400 * 365))
+}
+
 fn command_bytes(c: &Command) -> usize {
     fn ops(o: &[Op]) -> usize {
         o.iter()
@@ -279,6 +287,7 @@ impl Replica {
         });
         tokio::spawn(Self::batch_loop(Arc::downgrade(&r), write_rx));
         tokio::spawn(Self::metrics_loop(Arc::downgrade(&r)));
+        tokio::spawn(Self::compaction_loop(Arc::downgrade(&r)));
         tokio::spawn(Self::lease_loop(Arc::downgrade(&r)));
         tokio::spawn(Self::publish_loop(Arc::downgrade(&r)));
         Ok(r)
@@ -375,6 +384,31 @@ impl Replica {
         }
     }
 
+    /// Physical compaction in the background, a chunk at a time.
+    async fn compaction_loop(me: std::sync::Weak<Replica>) {
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let Some(r) = me.upgrade() else { return };
+            if r.shutdown_started() {
+                return;
+            }
+            let handle = r.sm.mvcc();
+            drop(r);
+            loop {
+                let h = handle.clone();
+                match tokio::task::spawn_blocking(move || h.mvcc.compact_step(10_000)).await {
+                    Ok(Ok(true)) => break,
+                    Ok(Ok(false)) => tokio::task::yield_now().await,
+                    Ok(Err(e)) => {
+                        tracing::error!("background compaction: {e}");
+                        break;
+                    }
+                    Err(_) => return,
+                }
+            }
+        }
+    }
+
     async fn metrics_loop(me: std::sync::Weak<Replica>) {
         let Some(r) = me.upgrade() else { return };
         let mut rx = r.raft.metrics();
@@ -436,7 +470,7 @@ impl Replica {
                 let live: BTreeSet<i64> = leases.iter().map(|l| l.id).collect();
                 d.retain(|id, _| live.contains(id));
                 for l in &leases {
-                    d.entry(l.id).or_insert(now + Duration::from_secs(l.ttl as u64));
+                    d.entry(l.id).or_insert(lease_deadline(now, l.ttl));
                 }
                 d.iter().filter(|(_, t)| **t <= now).map(|(id, _)| *id).collect()
             };
@@ -546,7 +580,7 @@ impl Replica {
                     return Err(ApplyError::LeaseNotFound.into());
                 };
                 let mut d = self.leases.deadlines.lock().unwrap_or_else(|e| e.into_inner());
-                d.insert(id, Instant::now() + Duration::from_secs(l.ttl as u64));
+                d.insert(id, lease_deadline(Instant::now(), l.ttl));
                 Ok(ForwardResponse::LeaseTtl { ttl: l.ttl, granted_ttl: l.ttl })
             }
             ForwardRequest::LeaseTimeToLive { id } => {
@@ -733,9 +767,8 @@ impl Replica {
             self.read_barrier().await?;
         }
         let handle = self.sm.mvcc();
-        let (res, rev) = tokio::task::block_in_place(|| (handle.mvcc.range(req), handle.mvcc.current_revision()));
-        let resp = res.map_err(fatal)??;
-        Ok((resp, rev))
+        let res = tokio::task::block_in_place(|| handle.mvcc.range_at_view(req));
+        Ok(res.map_err(fatal)??)
     }
 
     pub fn current_revision(&self) -> Revision {
@@ -749,6 +782,9 @@ impl Replica {
     pub async fn lease_grant(&self, id: i64, ttl: i64) -> StoreResult<(Revision, i64, i64)> {
         if id < 0 {
             return Err(StoreError::InvalidArgument("lease ID must be positive".into()));
+        }
+        if ttl > MAX_LEASE_TTL {
+            return Err(StoreError::InvalidArgument("too large lease TTL".into()));
         }
         let id = if id == 0 { (rand::random::<u64>() >> 1).max(1) as i64 } else { id };
         match self.write_ok(Command::LeaseGrant { id, ttl }).await? {
