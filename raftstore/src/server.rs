@@ -349,3 +349,46 @@ fn http_endpoint(replica: &Replica, path: &str) -> Response<Full<Bytes>> {
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initial_cluster_accepts_urls_and_rejects_malformed_entries() {
+        let c = parse_initial_cluster("n1=127.0.0.11:2380, n2=https://127.0.0.12:2380/").unwrap();
+        assert_eq!(c, vec![("n1".into(), "127.0.0.11:2380".into()), ("n2".into(), "127.0.0.12:2380".into())]);
+        for bad in ["", "n1", "=127.0.0.1:1", "n1=host", "n1=a:1,n1=b:2"] {
+            assert!(parse_initial_cluster(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn flags_win_over_the_config_file_and_unknown_keys_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("kr.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "name = \"from-file\"\ndata-dir = \"{}\"\nlisten-client = \"127.0.0.1:12379\"\nsnapshot-count = 7\ncacert = \"a\"\ncert = \"b\"\nkey = \"c\"\n",
+                d.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let opts = ServerOptions { config: Some(file.clone()), name: Some("from-flag".into()), ..Default::default() };
+        let cfg = opts.resolve().unwrap();
+        assert_eq!(cfg.replica.name, "from-flag");
+        assert_eq!(cfg.replica.snapshot_count, 7);
+        assert_eq!(cfg.listen_client, "127.0.0.1:12379".parse().unwrap());
+        assert_eq!(cfg.replica.advertise_client, "https://127.0.0.1:12379");
+        std::fs::write(&file, "nmae = \"typo\"\n").unwrap();
+        let err = ServerOptions { config: Some(file), ..Default::default() }.resolve().unwrap_err().to_string();
+        assert!(err.contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn election_timeout_must_exceed_twice_the_heartbeat() {
+        let opts = ServerOptions { heartbeat_interval: Some(100), election_timeout: Some(150), cacert: Some("a".into()), cert: Some("b".into()), key: Some("c".into()), ..Default::default() };
+        assert!(opts.resolve().is_err());
+    }
+}
