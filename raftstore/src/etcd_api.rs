@@ -2,6 +2,7 @@
 //! server traits generated from etcd's own protos by the `etcd-client` crate. This is the only
 //! place that knows etcd's wire types and error strings.
 
+use std::collections::BTreeSet;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -130,6 +131,12 @@ fn put_from_pb(p: PbPutRequest) -> Result<t::PutRequest, Status> {
     if p.key.len() + p.value.len() > MAX_REQUEST_BYTES {
         return Err(to_status(StoreError::TooLarge));
     }
+    if p.ignore_value && !p.value.is_empty() {
+        return Err(Status::invalid_argument("etcdserver: value is provided"));
+    }
+    if p.ignore_lease && p.lease != 0 {
+        return Err(Status::invalid_argument("etcdserver: lease is provided"));
+    }
     Ok(t::PutRequest { key: p.key, value: p.value, lease: p.lease, prev_kv: p.prev_kv, ignore_value: p.ignore_value, ignore_lease: p.ignore_lease })
 }
 
@@ -168,6 +175,9 @@ fn txn_from_pb(r: PbTxnRequest, depth: usize) -> Result<t::TxnRequest, Status> {
     if depth > 16 {
         return Err(Status::invalid_argument("etcdserver: txn nested too deeply"));
     }
+    if depth == 0 && count_ops(&r) > MAX_TXN_OPS * 8 {
+        return Err(Status::invalid_argument("etcdserver: too many operations in txn request"));
+    }
     if r.compare.len() > MAX_TXN_OPS || r.success.len() > MAX_TXN_OPS || r.failure.len() > MAX_TXN_OPS {
         return Err(Status::invalid_argument("etcdserver: too many operations in txn request"));
     }
@@ -183,41 +193,74 @@ fn txn_from_pb(r: PbTxnRequest, depth: usize) -> Result<t::TxnRequest, Status> {
                 None => return Err(Status::invalid_argument("etcdserver: empty request in txn")),
             });
         }
-        check_no_duplicates(&out)?;
         Ok(out)
     };
-    Ok(t::TxnRequest { compare, success: conv(r.success)?, failure: conv(r.failure)? })
+    let txn = t::TxnRequest { compare, success: conv(r.success)?, failure: conv(r.failure)? };
+    if depth == 0 {
+        check_no_duplicates(&txn.success)?;
+        check_no_duplicates(&txn.failure)?;
+    }
+    Ok(txn)
 }
 
-fn collect_writes(ops: &[t::Op], puts: &mut Vec<Vec<u8>>, dels: &mut Vec<(Vec<u8>, Vec<u8>)>) {
+/// etcd's checkIntervals: within one level no key is put twice or put inside a deleted range;
+/// a nested txn's then and else branches may put the same key (only one runs).
+/// Returns the keys put and the ranges deleted at or below this level.
+fn check_intervals(ops: &[t::Op]) -> Result<(BTreeSet<Vec<u8>>, Vec<(Vec<u8>, Vec<u8>)>), Status> {
+    let dup = || to_status(ApplyError::DuplicateKey.into());
+    let mut dels: Vec<(Vec<u8>, Vec<u8>)> = ops
+        .iter()
+        .filter_map(|op| match op {
+            t::Op::Delete(d) => Some((d.key.clone(), d.range_end.clone())),
+            _ => None,
+        })
+        .collect();
+    let deleted = |dels: &[(Vec<u8>, Vec<u8>)], k: &[u8]| dels.iter().any(|(s, e)| in_range(k, s, e));
+    let mut puts: BTreeSet<Vec<u8>> = BTreeSet::new();
     for op in ops {
-        match op {
-            t::Op::Put(p) => puts.push(p.key.clone()),
-            t::Op::Delete(d) => dels.push((d.key.clone(), d.range_end.clone())),
-            t::Op::Txn(inner) => {
-                // Only one branch of a nested txn runs; etcd checks each against the outer ops.
-                collect_writes(&inner.success, puts, dels);
+        let t::Op::Txn(inner) = op else { continue };
+        let (puts_then, dels_then) = check_intervals(&inner.success)?;
+        let (puts_else, dels_else) = check_intervals(&inner.failure)?;
+        for k in &puts_then {
+            if puts.contains(k) || deleted(&dels, k) {
+                return Err(dup());
             }
-            t::Op::Range(_) => {}
+            puts.insert(k.clone());
+        }
+        for k in &puts_else {
+            if (puts.contains(k) && !puts_then.contains(k)) || deleted(&dels, k) {
+                return Err(dup());
+            }
+            puts.insert(k.clone());
+        }
+        dels.extend(dels_then);
+        dels.extend(dels_else);
+    }
+    for op in ops {
+        if let t::Op::Put(p) = op {
+            if puts.contains(&p.key) || deleted(&dels, &p.key) {
+                return Err(dup());
+            }
+            puts.insert(p.key.clone());
         }
     }
+    Ok((puts, dels))
 }
 
 fn check_no_duplicates(ops: &[t::Op]) -> Result<(), Status> {
-    let mut puts = Vec::new();
-    let mut dels = Vec::new();
-    collect_writes(ops, &mut puts, &mut dels);
-    let mut sorted = puts.clone();
-    sorted.sort();
-    if sorted.windows(2).any(|w| w[0] == w[1]) {
-        return Err(to_status(ApplyError::DuplicateKey.into()));
-    }
-    for p in &puts {
-        if dels.iter().any(|(k, e)| in_range(p, k, e)) {
-            return Err(to_status(ApplyError::DuplicateKey.into()));
+    check_intervals(ops).map(|_| ())
+}
+
+/// Every operation at every nesting level (bounded so the duplicate check stays cheap).
+fn count_ops(r: &PbTxnRequest) -> usize {
+    let mut n = r.compare.len();
+    for op in r.success.iter().chain(r.failure.iter()) {
+        n += 1;
+        if let Some(PbTxnOpRequest::RequestTxn(inner)) = &op.request {
+            n += count_ops(inner);
         }
     }
-    Ok(())
+    n
 }
 
 fn txn_resp_to_pb(r: t::TxnResponse, header: &Option<PbResponseHeader>) -> PbTxnResponse {
@@ -296,14 +339,18 @@ impl PbKvService for EtcdApi {
     async fn txn(&self, req: Request<PbTxnRequest>) -> Result<Response<PbTxnResponse>, Status> {
         let txn = txn_from_pb(req.into_inner(), 0)?;
         if txn.compare.is_empty() && is_read_only(&txn.success) {
-            // A read-only txn needs no proposal: a linearizable read of each range.
+            // A read-only txn needs no proposal: after one read barrier, every range reads at the
+            // same revision.
             self.replica.read_barrier().await.map_err(to_status)?;
+            let rev = self.replica.current_revision();
             let mut responses = Vec::new();
-            let mut rev = self.replica.current_revision();
             for op in &txn.success {
                 if let t::Op::Range(rr) = op {
-                    let (resp, r) = self.replica.range(rr, true).await.map_err(to_status)?;
-                    rev = r;
+                    let mut rr = rr.clone();
+                    if rr.revision <= 0 {
+                        rr.revision = rev;
+                    }
+                    let (resp, _) = self.replica.range(&rr, true).await.map_err(to_status)?;
                     responses.push(t::OpResponse::Range(resp));
                 }
             }
@@ -665,5 +712,45 @@ impl PbMaintenanceService for EtcdApi {
 
     async fn downgrade(&self, _req: Request<PbDowngradeRequest>) -> Result<Response<PbDowngradeResponse>, Status> {
         Err(Status::unimplemented("etcdserver: downgrade is not supported"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(k: &str) -> t::Op {
+        t::Op::Put(t::PutRequest { key: k.into(), ..Default::default() })
+    }
+    fn del(k: &str, e: &str) -> t::Op {
+        t::Op::Delete(t::DeleteRequest { key: k.into(), range_end: e.into(), prev_kv: false })
+    }
+    fn txn(then: Vec<t::Op>, els: Vec<t::Op>) -> t::Op {
+        t::Op::Txn(t::TxnRequest { compare: vec![], success: then, failure: els })
+    }
+
+    #[test]
+    fn duplicate_writes_in_a_txn_are_refused_as_etcd_does() {
+        assert!(check_no_duplicates(&[put("a"), put("b"), del("c", "")]).is_ok());
+        assert!(check_no_duplicates(&[put("a"), put("a")]).is_err());
+        assert!(check_no_duplicates(&[put("b"), del("a", "c")]).is_err(), "put inside a deleted range");
+        // Then and else never both run: the same key in each is fine...
+        assert!(check_no_duplicates(&[txn(vec![put("k")], vec![put("k")])]).is_ok());
+        // ...but not against the outer level, in either branch.
+        assert!(check_no_duplicates(&[put("k"), txn(vec![], vec![put("k")])]).is_err());
+        assert!(check_no_duplicates(&[del("k", ""), txn(vec![put("k")], vec![])]).is_err());
+        assert!(check_no_duplicates(&[txn(vec![del("a", "z")], vec![]), put("m")]).is_err());
+    }
+
+    #[test]
+    fn txn_size_limits_are_enforced() {
+        let op = || PbTxnRequestOp { request: Some(PbTxnOpRequest::RequestRange(PbRangeRequest { key: b"k".to_vec(), ..Default::default() })) };
+        let wide = PbTxnRequest { success: (0..MAX_TXN_OPS + 1).map(|_| op()).collect(), ..Default::default() };
+        assert_eq!(txn_from_pb(wide, 0).unwrap_err().code(), tonic::Code::InvalidArgument);
+        let mut deep = PbTxnRequest::default();
+        for _ in 0..40 {
+            deep = PbTxnRequest { success: vec![PbTxnRequestOp { request: Some(PbTxnOpRequest::RequestTxn(deep)) }], ..Default::default() };
+        }
+        assert!(txn_from_pb(deep, 0).is_err());
     }
 }

@@ -67,6 +67,9 @@ pub struct Mvcc {
     db: Arc<DB>,
     revision: AtomicI64,
     compact_revision: AtomicI64,
+    /// Held by every write and across `flush`: RocksDB 7.8 flushes one named column family per
+    /// call even with atomic_flush, so writes must not slip in between the column families.
+    write_lock: std::sync::Mutex<()>,
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(cf: &'static str, bytes: &[u8]) -> MvccResult<T> {
@@ -224,7 +227,7 @@ impl Mvcc {
     }
 
     pub fn from_db(db: Arc<DB>) -> MvccResult<Mvcc> {
-        let m = Mvcc { db, revision: AtomicI64::new(0), compact_revision: AtomicI64::new(0) };
+        let m = Mvcc { db, revision: AtomicI64::new(0), compact_revision: AtomicI64::new(0), write_lock: std::sync::Mutex::new(()) };
         let rev = m.read_meta_i64(META_REVISION)?.unwrap_or(1);
         let compact = m.read_meta_i64(META_COMPACT)?.unwrap_or(0);
         m.revision.store(rev, Ordering::SeqCst);
@@ -419,7 +422,9 @@ impl Mvcc {
             None => db_rev,
         };
         let rev = if req.revision <= 0 { current } else { req.revision };
-        if rev > current {
+        // Inside a batch, revisions written by earlier commands of the same entry are not in the
+        // store yet: only the entry's latest state (the overlay) or committed ones are readable.
+        if rev > current || (rev > db_rev && rev != current) {
             return Ok(Err(ApplyError::FutureRevision));
         }
         let compact = self.snap_meta_i64(&snap, META_COMPACT)?.unwrap_or(0);
@@ -427,6 +432,7 @@ impl Mvcc {
             return Ok(Err(ApplyError::Compacted { compact_revision: compact }));
         }
         let needs_all = req.sort_order != SortOrder::None
+            || req.sort_target != SortTarget::Key
             || req.min_mod_revision > 0
             || req.max_mod_revision > 0
             || req.min_create_revision > 0
@@ -457,6 +463,7 @@ impl Mvcc {
                 kvs.iter_mut().for_each(|kv| kv.value.clear());
             }
         }
+        let unfiltered_count = count;
         if needs_all {
             kvs.retain(|kv| {
                 (req.min_mod_revision <= 0 || kv.mod_revision >= req.min_mod_revision)
@@ -474,13 +481,15 @@ impl Mvcc {
             if req.sort_order == SortOrder::Descend {
                 kvs.reverse();
             }
-            count = kvs.len() as i64;
+            // etcd reports the count of the range, before the revision filters.
+            count = unfiltered_count;
         }
         let mut more = false;
         if req.limit > 0 && kvs.len() > req.limit as usize {
             kvs.truncate(req.limit as usize);
             more = true;
-        } else if req.limit > 0 && (count as usize) > kvs.len() {
+        } else if req.limit > 0 && limit > 0 && (count as usize) > kvs.len() {
+            // The scan stopped at the limit but counted everything.
             more = true;
         }
         if req.count_only {
@@ -585,6 +594,7 @@ impl Mvcc {
 
     /// Moves every memtable to SST files.
     pub fn flush(&self) -> MvccResult<()> {
+        let _w = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
         for cf in ALL_CFS {
             self.db.flush_cf(self.cf(cf))?;
         }
@@ -636,6 +646,7 @@ impl Mvcc {
         }
         let mut wo = WriteOptions::default();
         wo.disable_wal(true);
+        let _w = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
         self.db.write_opt(std::mem::take(&mut b.batch), &wo)?;
         self.compact_revision.store(b.compact_revision, Ordering::SeqCst);
         self.revision.store(b.revision, Ordering::SeqCst);
@@ -796,10 +807,8 @@ impl Mvcc {
                 }
                 // The newest version at or below `target` survives if live; a tombstone survives
                 // only at exactly `target`, whose event stays in the log for watchers from there.
-                let keep = first && {
-                    let kv: KeyValue = decode(CF_VER, it.value().unwrap_or_default())?;
-                    kv.version != 0 || kv.mod_revision == target
-                };
+                let kv: KeyValue = decode(CF_VER, it.value().unwrap_or_default())?;
+                let keep = (first && kv.version != 0) || kv.mod_revision == target;
                 if !keep {
                     batch.delete_cf(self.cf(CF_VER), k);
                 }
@@ -811,6 +820,7 @@ impl Mvcc {
         batch.put_cf(self.cf(CF_META), META_PHYSICAL, upto.to_be_bytes());
         let mut wo = WriteOptions::default();
         wo.disable_wal(true);
+        let _w = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
         self.db.write_opt(batch, &wo)?;
         Ok(upto >= target)
     }

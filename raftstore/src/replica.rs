@@ -155,33 +155,22 @@ fn lease_deadline(now: Instant, ttl: i64) -> Instant {
     now.checked_add(ttl).unwrap_or(now + Duration::from_secs(86400 * 365))
 }
 
+/// What a command adds to a batched log entry (its encoded size, values and compares included).
 fn command_bytes(c: &Command) -> usize {
-    fn ops(o: &[Op]) -> usize {
-        o.iter()
-            .map(|op| match op {
-                Op::Put(p) => p.key.len() + p.value.len(),
-                Op::Delete(d) => d.key.len() + d.range_end.len(),
-                Op::Range(r) => r.key.len() + r.range_end.len(),
-                Op::Txn(t) => ops(&t.success) + ops(&t.failure),
-            })
-            .sum::<usize>()
-            + 16
-    }
-    match c {
-        Command::Txn(t) => ops(&t.success) + ops(&t.failure) + t.compare.len() * 32,
-        _ => 16,
-    }
+    bincode::serialized_size(c).map(|n| n as usize).unwrap_or(usize::MAX / 4)
 }
 
 fn fatal<E: std::fmt::Display>(e: E) -> StoreError {
     StoreError::Internal(e.to_string())
 }
 
+/// Whether a forward failed before the request could have reached the peer (connection never
+/// established), so retrying cannot apply it twice. A reset or closed connection is ambiguous.
 fn is_connect_error(e: &StoreError) -> bool {
     match e {
         StoreError::Unavailable(m) => {
             let m = m.to_ascii_lowercase();
-            m.contains("connect") || m.contains("refused")
+            m.contains("tcp connect error") || m.contains("connection refused")
         }
         _ => false,
     }
@@ -476,11 +465,12 @@ impl Replica {
             };
             for id in expired {
                 tracing::info!(lease = id, "lease expired; revoking");
-                match r.raft.client_write(Command::LeaseRevoke { id }).await {
-                    Ok(_) => {
+                match tokio::time::timeout(r.cfg.request_timeout, r.raft.client_write(Command::LeaseRevoke { id })).await {
+                    Ok(Ok(_)) => {
                         r.leases.deadlines.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
                     }
-                    Err(e) => tracing::warn!(lease = id, "cannot revoke expired lease: {e}"),
+                    Ok(Err(e)) => tracing::warn!(lease = id, "cannot revoke expired lease: {e}"),
+                    Err(_) => tracing::warn!(lease = id, "revoking expired lease timed out"),
                 }
             }
         }
@@ -559,7 +549,8 @@ impl Replica {
             }
             ForwardRequest::Write(cmd) => {
                 let t = Instant::now();
-                let res = self.raft.client_write(cmd).await;
+                // A leader cut off from its quorum stays leader in openraft 0.9: bound the wait.
+                let res = tokio::time::timeout(self.cfg.request_timeout, self.raft.client_write(cmd)).await.map_err(|_| StoreError::Timeout)?;
                 self.metrics.proposal_seconds.observe(t.elapsed().as_secs_f64());
                 match res {
                     Ok(resp) => Ok(ForwardResponse::Write(resp.data)),

@@ -64,6 +64,8 @@ pub struct SmShared {
     pub metrics: Arc<Metrics>,
     applied: Mutex<(Option<LogId>, StoredMembership)>,
     receiving: Mutex<Option<PathBuf>>,
+    /// Serializes recording the current snapshot; holds the last recorded snapshot's log id.
+    snapshot_record: Mutex<Option<LogId>>,
     generation: AtomicU64,
     snap_seq: AtomicU64,
 }
@@ -149,7 +151,9 @@ impl StateMachine {
         let dir = data_dir.join(&name);
         let mvcc = Mvcc::open(&dir).map_err(|e| anyhow::anyhow!("state machine at {} cannot be opened: {e}", dir.display()))?;
         let applied = read_applied(&mvcc).map_err(|e| anyhow::anyhow!("state machine at {} is corrupted: {e}", dir.display()))?;
-        let (hub, _) = broadcast::channel(4096);
+        // Small on purpose: a receiver that falls behind is told it lagged and re-reads from storage,
+        // so a stalled watch client pins at most this many batches.
+        let (hub, _) = broadcast::channel(256);
         let shared = SmShared {
             data_dir: data_dir.to_path_buf(),
             current: RwLock::new(Arc::new(SmHandle { mvcc, dir, retired: false.into() })),
@@ -157,6 +161,7 @@ impl StateMachine {
             metrics,
             applied: Mutex::new(applied),
             receiving: Mutex::new(None),
+            snapshot_record: Mutex::new(None),
             generation: AtomicU64::new(generation),
             snap_seq: AtomicU64::new(0),
         };
@@ -299,7 +304,17 @@ struct StoredSnapshotMeta {
 }
 
 impl StateMachine {
+    /// Records `meta` as the current snapshot unless a newer one is recorded already (a build can
+    /// finish after a newer snapshot was installed); the loser's file is removed.
     fn save_current_snapshot(&self, meta: &SnapshotMeta, data_path: &Path) -> Result<(), StorageError> {
+        let mut last = self.shared.snapshot_record.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(cur) = *last {
+            if meta.last_log_id.is_none_or(|l| l < cur) {
+                let _ = std::fs::remove_file(data_path);
+                return Ok(());
+            }
+        }
+        *last = meta.last_log_id;
         let dir = self.snapshots_dir();
         let rec = StoredSnapshotMeta { meta: meta.clone(), file: data_path.file_name().unwrap_or_default().to_string_lossy().into() };
         let bytes = serde_json::to_vec(&rec).map_err(|e| snap_err(ErrorVerb::Write, e))?;
@@ -339,8 +354,10 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             let path = dir.join(format!("{id}.snap"));
             std::fs::rename(&tmp, &path).map_err(|e| snap_err(ErrorVerb::Write, e))?;
             let meta = SnapshotMeta { last_log_id: applied, last_membership: membership, snapshot_id: id };
-            this.save_current_snapshot(&meta, &path)?;
+            // Opened first: if a newer snapshot was installed meanwhile, the file is unlinked but
+            // this handle still reads it.
             let file = std::fs::File::open(&path).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+            this.save_current_snapshot(&meta, &path)?;
             Ok(Snapshot { meta, snapshot: Box::new(tokio::fs::File::from_std(file)) })
         })
         .await

@@ -133,20 +133,20 @@ impl WatchStream {
 
     /// Answers a progress request: the highest revision every watcher has been sent.
     pub async fn progress(&mut self) -> Result<(), WatchError> {
-        let rev = match self.watchers.values().map(|w| w.next_rev - 1).min() {
-            Some(r) => r,
-            None => self.sm.mvcc().mvcc.current_revision(),
-        };
+        let current = self.sm.mvcc().mvcc.current_revision();
+        // A watcher that starts in the future has seen nothing beyond the store's revision.
+        let rev = self.watchers.values().map(|w| w.next_rev - 1).min().unwrap_or(current).min(current);
         self.send(WatchOut::Progress { watch_id: -1, revision: rev }).await
     }
 
     /// Periodic progress for watchers that asked for it.
     pub async fn notify_progress(&mut self) -> Result<(), WatchError> {
+        let current = self.sm.mvcc().mvcc.current_revision();
         let outs: Vec<WatchOut> = self
             .watchers
             .iter()
             .filter(|(_, w)| w.spec.progress_notify)
-            .map(|(id, w)| WatchOut::Progress { watch_id: *id, revision: w.next_rev - 1 })
+            .map(|(id, w)| WatchOut::Progress { watch_id: *id, revision: (w.next_rev - 1).min(current) })
             .collect();
         for o in outs {
             self.send(o).await?;
