@@ -64,6 +64,9 @@ enum BenchCmd {
         /// Measure kuberaft only.
         #[arg(long)]
         skip_etcd: bool,
+        /// Seconds to wait after the compaction that precedes the read phases.
+        #[arg(long, default_value_t = 15)]
+        settle: u64,
         /// Scratch directory (wiped first).
         #[arg(long, default_value = "/tmp/kuberaft-bench")]
         dir: PathBuf,
@@ -83,7 +86,7 @@ fn main() -> ExitCode {
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(raftstore::server::run(cfg))
         }),
         Cmd::Up { dir } => tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(Into::into).and_then(|rt| rt.block_on(raftstore::server::up(dir))),
-        Cmd::Bench { what: BenchCmd::Store { duration, clients, value_size, keys, etcd, skip_etcd, dir } } => (|| {
+        Cmd::Bench { what: BenchCmd::Store { duration, clients, value_size, keys, etcd, skip_etcd, settle, dir } } => (|| {
             let opts = raftstore::bench::BenchOptions {
                 duration: std::time::Duration::from_secs(duration),
                 clients,
@@ -93,6 +96,7 @@ fn main() -> ExitCode {
                 kuberaft_bin: std::env::current_exe()?,
                 work_dir: dir,
                 skip_etcd,
+                settle: std::time::Duration::from_secs(settle),
             };
             let table = tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(raftstore::bench::run(opts))?;
             println!("{table}");

@@ -20,6 +20,8 @@ pub struct BenchOptions {
     pub kuberaft_bin: PathBuf,
     pub work_dir: PathBuf,
     pub skip_etcd: bool,
+    /// Pause after the compaction that precedes the read phases.
+    pub settle: Duration,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -241,6 +243,9 @@ async fn bench_system(name: &str, pki: &Path, ips: &[&str], o: &BenchOptions) ->
     if rev > 1 {
         cli.compact(rev, None).await?;
     }
+    // Both systems remove compacted history in the background; let that settle so the reads
+    // measure steady state (the same pause for both).
+    tokio::time::sleep(o.settle).await;
     for &c in &o.clients {
         eprintln!("{name}: linearizable get, {c} clients");
         rows.push(("get (linearizable)".to_string(), c, run_load(pki, ips, Op::Get, c, o).await?));

@@ -22,6 +22,7 @@ pub struct Metrics {
     pub log_db_size_bytes: Gauge,
     pub revision: Gauge,
     pub compact_revision: Gauge,
+    pub compact_physical_revision: Gauge,
     pub watchers: Gauge,
     pub proposals_forwarded: Counter,
     pub snapshots_installed: Counter,
@@ -45,6 +46,7 @@ impl Default for Metrics {
             log_db_size_bytes: Gauge::default(),
             revision: Gauge::default(),
             compact_revision: Gauge::default(),
+            compact_physical_revision: Gauge::default(),
             watchers: Gauge::default(),
             proposals_forwarded: Counter::default(),
             snapshots_installed: Counter::default(),
@@ -64,6 +66,7 @@ impl Default for Metrics {
         registry.register("log_db_size_bytes", "Raft log RocksDB size (SST files and memtables)", m.log_db_size_bytes.clone());
         registry.register("mvcc_revision", "Current store revision", m.revision.clone());
         registry.register("mvcc_compact_revision", "Store compaction revision", m.compact_revision.clone());
+        registry.register("mvcc_compact_physical_revision", "Revision below which compacted history has been removed", m.compact_physical_revision.clone());
         registry.register("watchers", "Open watchers on this replica", m.watchers.clone());
         registry.register("proposals_forwarded", "Writes forwarded to the leader", m.proposals_forwarded.clone());
         registry.register("snapshots_installed", "Raft snapshots installed from the leader", m.snapshots_installed.clone());

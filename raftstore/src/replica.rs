@@ -147,6 +147,10 @@ pub struct Replica {
     stopping: AtomicBool,
 }
 
+/// Events removed per physical compaction step, and the pause between steps.
+const COMPACTION_BATCH: usize = 1000;
+const COMPACTION_PAUSE: Duration = Duration::from_millis(10);
+
 /// etcd's MaxLeaseTTL (about 285 years).
 pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
 
@@ -385,9 +389,15 @@ impl Replica {
             drop(r);
             loop {
                 let h = handle.clone();
-                match tokio::task::spawn_blocking(move || h.mvcc.compact_step(10_000)).await {
+                let m = handle.mvcc.physically_compacted().unwrap_or(0);
+                if let Some(r) = me.upgrade() {
+                    r.metrics.compact_physical_revision.set(m);
+                }
+                match tokio::task::spawn_blocking(move || h.mvcc.compact_step(COMPACTION_BATCH)).await {
                     Ok(Ok(true)) => break,
-                    Ok(Ok(false)) => tokio::task::yield_now().await,
+                    // Throttled like etcd's compaction (batches with pauses) so that removing a
+                    // large history does not starve client requests.
+                    Ok(Ok(false)) => tokio::time::sleep(COMPACTION_PAUSE).await,
                     Ok(Err(e)) => {
                         tracing::error!("background compaction: {e}");
                         break;
