@@ -276,3 +276,96 @@ fn replica_refuses_to_start_on_a_corrupted_log() {
     let out = c.etcdctl_at(&format!("{},{}", c.client_url("n1"), c.client_url("n2")), &["put", "still", "ok"]);
     assert!(out.status.success());
 }
+
+#[test]
+fn learner_catches_up_without_voting_and_is_promoted() {
+    let c = Cluster::up(3, &[]);
+    rt().block_on(async {
+        let mut cli = c.client(&c.endpoints()).await;
+        for i in 0..30 {
+            assert!(put(&mut cli, &format!("l{i:02}"), "v").await);
+        }
+    });
+    c.script_ok(&["join", "n4", "--learner"]);
+    let rev = wait_same_revision(&c, &["n1", "n2", "n3", "n4"], Duration::from_secs(30));
+    assert!(rev >= 31);
+    // A new member shows as unstarted until it publishes its name and client URL.
+    let t = Instant::now();
+    let line = loop {
+        let list = c.etcdctl_ok(&["member", "list"]);
+        if let Some(l) = list.lines().find(|l| l.contains(", n4,")) {
+            break l.to_string();
+        }
+        assert!(t.elapsed() < Duration::from_secs(15), "n4 never published itself: {list}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(line.contains("started") && line.ends_with("true"), "n4 joined as a learner: {line}");
+    let status = c.status("n4").expect("n4 status");
+    assert_eq!(status["is_learner"], true);
+    let id = line.split(',').next().unwrap().trim().to_string();
+    let out = c.etcdctl_ok(&["member", "promote", &id]);
+    assert!(out.contains("promoted"), "{out}");
+    let list = c.etcdctl_ok(&["member", "list"]);
+    let line = list.lines().find(|l| l.contains(", n4,")).unwrap();
+    assert!(line.ends_with("false"), "n4 is a voter now: {line}");
+    // Promoting a voter is refused with etcd's message.
+    let again = c.etcdctl(&["member", "promote", &id]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("can only promote a learner member"));
+}
+
+#[test]
+fn progress_request_reports_the_current_revision_on_an_idle_watch() {
+    let c = Cluster::up(3, &[]);
+    rt().block_on(async {
+        let mut cli = c.client(&[c.client_url("n2")]).await;
+        let mut last = 0;
+        for i in 0..5 {
+            last = cli.put(format!("p{i}"), "v", None).await.unwrap().header().unwrap().revision();
+        }
+        let mut stream = cli.watch("unrelated/", Some(WatchOptions::new().with_prefix())).await.expect("watch");
+        stream.request_progress().await.expect("progress request");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(Instant::now() < deadline, "no progress notification");
+            let resp = tokio::time::timeout(Duration::from_secs(5), stream.message()).await.expect("timely").expect("ok").expect("open");
+            if resp.events().is_empty() && !resp.created() {
+                assert_eq!(resp.header().unwrap().revision(), last);
+                break;
+            }
+        }
+    });
+}
+
+#[test]
+fn replica_refuses_to_start_on_a_truncated_state_machine_file() {
+    let c = Cluster::up(3, &[]);
+    rt().block_on(async {
+        let mut cli = c.client(&c.endpoints()).await;
+        for i in 0..100 {
+            assert!(put(&mut cli, &format!("t{i:03}"), &"v".repeat(500)).await);
+        }
+    });
+    wait_same_revision(&c, &["n1", "n2", "n3"], Duration::from_secs(20));
+    c.script_ok(&["stop", "n2"]);
+    let sm = c.path().join("n2/data/sm-1");
+    let sst = std::fs::read_dir(&sm)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "sst"))
+        .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .expect("the stopped replica's state machine has an SST file");
+    let len = std::fs::metadata(&sst).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&sst).unwrap().set_len(len / 2).unwrap();
+    c.script_ok(&["start", "n2"]);
+    let t = Instant::now();
+    let pid = std::fs::read_to_string(c.path().join("n2/pid")).unwrap_or_default().trim().to_string();
+    while std::process::Command::new("kill").args(["-0", &pid]).status().map(|s| s.success()).unwrap_or(false) {
+        assert!(t.elapsed() < Duration::from_secs(15), "n2 kept running on a truncated state machine file");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = std::fs::read_to_string(c.path().join("n2/server.log")).unwrap_or_default();
+    let last = log.lines().last().unwrap_or_default().to_lowercase();
+    assert!(last.contains("state machine") && last.contains("corrupt"), "the last line names the damage: {last}");
+}
