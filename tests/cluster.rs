@@ -369,3 +369,23 @@ fn replica_refuses_to_start_on_a_truncated_state_machine_file() {
     let last = log.lines().last().unwrap_or_default().to_lowercase();
     assert!(last.contains("state machine") && last.contains("corrupt"), "the last line names the damage: {last}");
 }
+
+#[test]
+fn a_removed_replica_stops_itself_with_a_clear_message() {
+    let c = Cluster::up(3, &[]);
+    let list = c.etcdctl_ok(&["member", "list"]);
+    let id = list.lines().find(|l| l.contains(", n3,")).and_then(|l| l.split(',').next()).expect("n3 listed").trim().to_string();
+    let out = c.etcdctl_ok(&["member", "remove", &id]);
+    assert!(out.contains("removed"), "{out}");
+    let pid = std::fs::read_to_string(c.path().join("n3/pid")).unwrap_or_default().trim().to_string();
+    let t = Instant::now();
+    while std::process::Command::new("kill").args(["-0", &pid]).status().map(|s| s.success()).unwrap_or(false) {
+        assert!(t.elapsed() < Duration::from_secs(40), "n3 kept running after its removal\n{}", c.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = std::fs::read_to_string(c.path().join("n3/server.log")).unwrap_or_default();
+    assert!(log.lines().last().unwrap_or_default().contains("removed from the cluster"), "{log}");
+    // The two that remain are a working cluster.
+    let out = c.etcdctl_at(&format!("{},{}", c.client_url("n1"), c.client_url("n2")), &["put", "after-removal", "ok"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

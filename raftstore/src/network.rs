@@ -43,6 +43,8 @@ pub enum ForwardRequest {
     LeaseKeepAlive { id: i64 },
     LeaseTimeToLive { id: i64 },
     AddMember { id: NodeId, member: Member, learner: bool },
+    /// A member publishing its name and client URL; never adds one that is absent.
+    UpdateMember { id: NodeId, member: Member },
     PromoteMember { id: NodeId },
     RemoveMember { id: NodeId },
     /// Which id does the membership give the replica with this peer address? Answered locally.

@@ -145,6 +145,8 @@ pub struct Replica {
     reads: ReadIndexQueue,
     membership_lock: tokio::sync::Mutex<()>,
     stopping: AtomicBool,
+    /// Set once an applied membership no longer lists this replica (after it had been listed).
+    removed: tokio::sync::watch::Sender<bool>,
 }
 
 /// Events removed per physical compaction step, and the pause between steps.
@@ -277,11 +279,13 @@ impl Replica {
             reads: ReadIndexQueue::default(),
             membership_lock: tokio::sync::Mutex::new(()),
             stopping: AtomicBool::new(false),
+            removed: tokio::sync::watch::channel(false).0,
         });
         tokio::spawn(Self::batch_loop(Arc::downgrade(&r), write_rx));
         tokio::spawn(Self::metrics_loop(Arc::downgrade(&r)));
         tokio::spawn(Self::compaction_loop(Arc::downgrade(&r)));
         tokio::spawn(Self::lease_loop(Arc::downgrade(&r)));
+        tokio::spawn(Self::removal_loop(Arc::downgrade(&r)));
         tokio::spawn(Self::publish_loop(Arc::downgrade(&r)));
         Ok(r)
     }
@@ -375,6 +379,59 @@ impl Replica {
                 }
             });
         }
+    }
+
+    /// A replica that was a member and is no longer has been removed, and stops serving, as an
+    /// etcd member does. The leader stops replicating to it as soon as the removal is proposed,
+    /// so it usually never sees that membership itself: once it has had no leader for a few
+    /// seconds it asks its peers whether their membership still lists it.
+    async fn removal_loop(me: std::sync::Weak<Replica>) {
+        let mut seen = false;
+        let mut leaderless_since: Option<Instant> = None;
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let Some(r) = me.upgrade() else { return };
+            if r.shutdown_started() {
+                return;
+            }
+            let m = r.raft.metrics().borrow().clone();
+            let mem = m.membership_config.membership();
+            let listed = mem.get_node(&r.id).is_some();
+            seen |= listed;
+            let removed = if seen && !listed && mem.get_joint_config().len() == 1 {
+                true
+            } else if seen && m.current_leader.is_none() {
+                let since = *leaderless_since.get_or_insert_with(Instant::now);
+                if since.elapsed() < Duration::from_secs(3) {
+                    false
+                } else {
+                    let peers: Vec<String> = mem.nodes().filter(|(id, _)| **id != r.id).map(|(_, n)| n.peer_addr.clone()).collect();
+                    let req = ForwardRequest::LookupMember { peer_addr: r.cfg.advertise_peer.clone() };
+                    let mut dropped = false;
+                    for p in peers {
+                        if let Ok(ForwardResponse::Member(None)) = r.peers.forward(&p, &req, Duration::from_secs(1)).await {
+                            dropped = true;
+                            break;
+                        }
+                    }
+                    dropped
+                }
+            } else {
+                leaderless_since = None;
+                false
+            };
+            if removed {
+                tracing::error!("this replica was removed from the cluster");
+                r.removed.send_replace(true);
+                return;
+            }
+        }
+    }
+
+    /// Resolves once this replica has been removed from the cluster's membership.
+    pub async fn wait_removed(&self) {
+        let mut rx = self.removed.subscribe();
+        let _ = rx.wait_for(|r| *r).await;
     }
 
     /// Physical compaction in the background, a chunk at a time.
@@ -504,7 +561,7 @@ impl Replica {
                 continue;
             }
             let member = Member { name: r.cfg.name.clone(), peer_addr: node.peer_addr.clone(), client_url: r.cfg.advertise_client.clone() };
-            if let Err(e) = r.forward_or_local(ForwardRequest::AddMember { id: r.id, member, learner: true }).await {
+            if let Err(e) = r.forward_or_local(ForwardRequest::UpdateMember { id: r.id, member }).await {
                 tracing::debug!("publishing member attributes: {e}");
             }
         }
@@ -596,18 +653,28 @@ impl Replica {
                 };
                 Ok(ForwardResponse::LeaseTtl { ttl, granted_ttl: l.ttl })
             }
+            ForwardRequest::UpdateMember { id, member } => {
+                let _g = self.membership_lock.lock().await;
+                self.ensure_leader()?;
+                let m = self.raft.metrics().borrow().clone();
+                let mem = m.membership_config.membership();
+                // A removed member publishing late must not come back.
+                let Some(existing) = mem.get_node(&id) else {
+                    return Err(StoreError::MemberNotFound);
+                };
+                if existing != &member {
+                    let mut nodes = BTreeMap::new();
+                    nodes.insert(id, member);
+                    self.change(ChangeMembers::SetNodes(nodes), true).await?;
+                }
+                Ok(ForwardResponse::Done)
+            }
             ForwardRequest::AddMember { id, member, learner } => {
                 let _g = self.membership_lock.lock().await;
                 self.ensure_leader()?;
                 let m = self.raft.metrics().borrow().clone();
                 let mem = m.membership_config.membership();
-                if let Some(existing) = mem.get_node(&id) {
-                    // Updating a member's attributes (publish) keeps its role.
-                    if existing != &member {
-                        let mut nodes = BTreeMap::new();
-                        nodes.insert(id, member);
-                        self.change(ChangeMembers::SetNodes(nodes), true).await?;
-                    }
+                if mem.get_node(&id).is_some() {
                     return Ok(ForwardResponse::Done);
                 }
                 if mem.nodes().any(|(_, n)| n.peer_addr == member.peer_addr) {

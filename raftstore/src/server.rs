@@ -273,15 +273,20 @@ pub async fn run(mut cfg: ServerConfig) -> anyhow::Result<()> {
     }
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut removed = false;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+        _ = replica.wait_removed() => { removed = true; }
         r = client_task => { r??; }
         r = peer_task => { r??; }
     }
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     replica.shutdown().await;
+    if removed {
+        anyhow::bail!("this replica was removed from the cluster; to rejoin, wipe {} and add it again (etcdctl member add)", cfg.replica.data_dir.display());
+    }
     Ok(())
 }
 
