@@ -24,8 +24,6 @@ pub enum StoreError {
     PeerUrlExists,
     #[error("can only promote a learner member")]
     NotLearner,
-    #[error("re-configuration failed due to not enough started members")]
-    NotEnoughStarted,
     #[error("unavailable: {0}")]
     Unavailable(String),
     #[error("internal error: {0}")]

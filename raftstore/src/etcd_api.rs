@@ -56,7 +56,6 @@ pub fn to_status(e: StoreError) -> Status {
         StoreError::MemberNotFound => Status::not_found("etcdserver: member not found"),
         StoreError::PeerUrlExists => Status::failed_precondition("etcdserver: Peer URLs already exists"),
         StoreError::NotLearner => Status::failed_precondition("etcdserver: can only promote a learner member"),
-        StoreError::NotEnoughStarted => Status::failed_precondition("etcdserver: re-configuration failed due to not enough started members"),
         StoreError::Unavailable(m) => Status::unavailable(format!("etcdserver: {m}")),
         StoreError::Internal(m) => Status::internal(format!("etcdserver: {m}")),
         StoreError::Stopped => Status::unavailable("etcdserver: server stopped"),

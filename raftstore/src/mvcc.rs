@@ -76,6 +76,17 @@ fn decode<T: for<'de> Deserialize<'de>>(cf: &'static str, bytes: &[u8]) -> MvccR
     bincode::deserialize(bytes).map_err(|e| MvccError::Corrupt { cf, detail: e.to_string() })
 }
 
+/// A revision counter stored in `meta` (8 bytes, big-endian).
+fn meta_i64(v: Option<Vec<u8>>) -> MvccResult<Option<i64>> {
+    match v {
+        None => Ok(None),
+        Some(v) => match <[u8; 8]>::try_from(v.as_slice()) {
+            Ok(b) => Ok(Some(i64::from_be_bytes(b))),
+            Err(_) => Err(MvccError::Corrupt { cf: CF_META, detail: "bad integer".into() }),
+        },
+    }
+}
+
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     bincode::serialize(v).expect("in-memory serialization cannot fail")
 }
@@ -244,11 +255,7 @@ impl Mvcc {
     }
 
     fn read_meta_i64(&self, key: &[u8]) -> MvccResult<Option<i64>> {
-        match self.db.get_cf(self.cf(CF_META), key)? {
-            None => Ok(None),
-            Some(v) if v.len() == 8 => Ok(Some(i64::from_be_bytes(v[..].try_into().unwrap_or_default()))),
-            Some(_) => Err(MvccError::Corrupt { cf: CF_META, detail: "bad integer".into() }),
-        }
+        meta_i64(self.db.get_cf(self.cf(CF_META), key)?)
     }
 
     pub fn get_meta(&self, key: &[u8]) -> MvccResult<Option<Vec<u8>>> {
@@ -401,11 +408,7 @@ impl Mvcc {
     }
 
     fn snap_meta_i64(&self, snap: &Snapshot<'_>, key: &[u8]) -> MvccResult<Option<i64>> {
-        match snap.get_cf(self.cf(CF_META), key)? {
-            None => Ok(None),
-            Some(v) if v.len() == 8 => Ok(Some(i64::from_be_bytes(v[..].try_into().unwrap_or_default()))),
-            Some(_) => Err(MvccError::Corrupt { cf: CF_META, detail: "bad integer".into() }),
-        }
+        meta_i64(snap.get_cf(self.cf(CF_META), key)?)
     }
 
     fn range_with(
@@ -532,10 +535,7 @@ impl Mvcc {
     /// holds revision `from`. Used by watchers catching up from the past.
     pub fn history(&self, from: Revision, to: Revision, max_events: usize) -> MvccResult<Result<Vec<RevisionEvents>, ApplyError>> {
         let snap = self.db.snapshot();
-        let compact = match snap.get_cf(self.cf(CF_META), META_COMPACT)? {
-            Some(v) if v.len() == 8 => i64::from_be_bytes(v[..].try_into().unwrap_or_default()),
-            _ => 0,
-        };
+        let compact = self.snap_meta_i64(&snap, META_COMPACT)?.unwrap_or(0);
         if from < compact {
             return Ok(Err(ApplyError::Compacted { compact_revision: compact }));
         }

@@ -569,11 +569,26 @@ impl Replica {
 
     // ------------------------------------------------------------------ leader plumbing
 
+    /// On every write and read index: reads the metrics in place instead of cloning them.
     fn leader_member(&self) -> Option<(NodeId, Member)> {
-        let m = self.raft.metrics().borrow().clone();
+        let rx = self.raft.metrics();
+        let m = rx.borrow();
         let leader = m.current_leader?;
         let node = m.membership_config.membership().get_node(&leader)?.clone();
         Some((leader, node))
+    }
+
+    /// The membership as this replica's log has it (possibly not yet committed).
+    fn membership(&self) -> Arc<StoredMembership> {
+        self.raft.metrics().borrow().membership_config.clone()
+    }
+
+    /// Starts a membership change: one at a time, on the leader; returns the membership it
+    /// applies to.
+    async fn begin_membership_change(&self) -> StoreResult<(tokio::sync::MutexGuard<'_, ()>, Arc<StoredMembership>)> {
+        let guard = self.membership_lock.lock().await;
+        self.ensure_leader()?;
+        Ok((guard, self.membership()))
     }
 
     /// Runs `req` here if this replica leads, else on the leader; retries while there is no
@@ -610,8 +625,7 @@ impl Replica {
     pub async fn handle_forward(&self, req: ForwardRequest) -> StoreResult<ForwardResponse> {
         match req {
             ForwardRequest::LookupMember { peer_addr } => {
-                let m = self.raft.metrics().borrow().clone();
-                let id = m.membership_config.membership().nodes().find(|(_, n)| n.peer_addr == peer_addr).map(|(id, _)| *id);
+                let id = self.membership().membership().nodes().find(|(_, n)| n.peer_addr == peer_addr).map(|(id, _)| *id);
                 Ok(ForwardResponse::Member(id))
             }
             ForwardRequest::Write(cmd) => {
@@ -654,10 +668,8 @@ impl Replica {
                 Ok(ForwardResponse::LeaseTtl { ttl, granted_ttl: l.ttl })
             }
             ForwardRequest::UpdateMember { id, member } => {
-                let _g = self.membership_lock.lock().await;
-                self.ensure_leader()?;
-                let m = self.raft.metrics().borrow().clone();
-                let mem = m.membership_config.membership();
+                let (_g, stored) = self.begin_membership_change().await?;
+                let mem = stored.membership();
                 // A removed member publishing late must not come back.
                 let Some(existing) = mem.get_node(&id) else {
                     return Err(StoreError::MemberNotFound);
@@ -670,10 +682,8 @@ impl Replica {
                 Ok(ForwardResponse::Done)
             }
             ForwardRequest::AddMember { id, member, learner } => {
-                let _g = self.membership_lock.lock().await;
-                self.ensure_leader()?;
-                let m = self.raft.metrics().borrow().clone();
-                let mem = m.membership_config.membership();
+                let (_g, stored) = self.begin_membership_change().await?;
+                let mem = stored.membership();
                 if mem.get_node(&id).is_some() {
                     return Ok(ForwardResponse::Done);
                 }
@@ -691,10 +701,8 @@ impl Replica {
                 Ok(ForwardResponse::Done)
             }
             ForwardRequest::PromoteMember { id } => {
-                let _g = self.membership_lock.lock().await;
-                self.ensure_leader()?;
-                let m = self.raft.metrics().borrow().clone();
-                let mem = m.membership_config.membership();
+                let (_g, stored) = self.begin_membership_change().await?;
+                let mem = stored.membership();
                 if mem.get_node(&id).is_none() {
                     return Err(StoreError::MemberNotFound);
                 }
@@ -705,10 +713,8 @@ impl Replica {
                 Ok(ForwardResponse::Done)
             }
             ForwardRequest::RemoveMember { id } => {
-                let _g = self.membership_lock.lock().await;
-                self.ensure_leader()?;
-                let m = self.raft.metrics().borrow().clone();
-                let mem = m.membership_config.membership();
+                let (_g, stored) = self.begin_membership_change().await?;
+                let mem = stored.membership();
                 if mem.get_node(&id).is_none() {
                     return Err(StoreError::MemberNotFound);
                 }
@@ -726,8 +732,7 @@ impl Replica {
     }
 
     fn ensure_leader(&self) -> StoreResult<()> {
-        let m = self.raft.metrics().borrow().clone();
-        if m.state == ServerState::Leader {
+        if self.raft.metrics().borrow().state == ServerState::Leader {
             Ok(())
         } else {
             Err(StoreError::NoLeader)
@@ -894,8 +899,8 @@ impl Replica {
     }
 
     pub fn members(&self) -> Vec<MemberInfo> {
-        let m = self.raft.metrics().borrow().clone();
-        let mem = m.membership_config.membership();
+        let stored = self.membership();
+        let mem = stored.membership();
         let voters: BTreeSet<NodeId> = mem.voter_ids().collect();
         mem.nodes()
             .map(|(id, n)| MemberInfo {
