@@ -41,6 +41,17 @@ fn wait_same_revision(c: &Cluster, names: &[&str], timeout: Duration) -> i64 {
     }
 }
 
+/// The biggest SST file in a (stopped) replica's RocksDB directory.
+fn largest_sst(dir: &std::path::Path) -> std::path::PathBuf {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "sst"))
+        .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .unwrap_or_else(|| panic!("{} has an SST file", dir.display()))
+}
+
 fn others(c: &Cluster, not: &str) -> Vec<String> {
     (1..=c.replicas).map(|k| format!("n{k}")).filter(|n| n != not).collect()
 }
@@ -243,14 +254,7 @@ fn replica_refuses_to_start_on_a_corrupted_log() {
     wait_same_revision(&c, &["n1", "n2", "n3"], Duration::from_secs(20));
     // A clean stop flushes the log into SST files; damage the biggest one.
     c.script_ok(&["stop", "n3"]);
-    let log_dir = c.path().join("n3/data/log");
-    let sst = std::fs::read_dir(&log_dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "sst"))
-        .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
-        .expect("the stopped replica's log has an SST file");
+    let sst = largest_sst(&c.path().join("n3/data/log"));
     let mut bytes = std::fs::read(&sst).unwrap();
     let mid = bytes.len() / 3;
     for b in &mut bytes[mid..mid + 64] {
@@ -258,17 +262,7 @@ fn replica_refuses_to_start_on_a_corrupted_log() {
     }
     std::fs::write(&sst, &bytes).unwrap();
     c.script_ok(&["start", "n3"]);
-    let t = Instant::now();
-    let exited = loop {
-        let alive = std::process::Command::new("kill").args(["-0", &std::fs::read_to_string(c.path().join("n3/pid")).unwrap_or_default().trim().to_string()]).status().map(|s| s.success()).unwrap_or(false);
-        if !alive {
-            break true;
-        }
-        if t.elapsed() > Duration::from_secs(15) {
-            break false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let exited = c.wait_exited("n3", Duration::from_secs(15));
     let log = std::fs::read_to_string(c.path().join("n3/server.log")).unwrap_or_default();
     assert!(exited, "n3 kept running on a corrupted log:\n{log}");
     assert!(log.to_lowercase().contains("corrupt"), "the error names the corruption:\n{log}");
@@ -348,43 +342,35 @@ fn replica_refuses_to_start_on_a_truncated_state_machine_file() {
     });
     wait_same_revision(&c, &["n1", "n2", "n3"], Duration::from_secs(20));
     c.script_ok(&["stop", "n2"]);
-    let sm = c.path().join("n2/data/sm-1");
-    let sst = std::fs::read_dir(&sm)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "sst"))
-        .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
-        .expect("the stopped replica's state machine has an SST file");
+    let sst = largest_sst(&c.path().join("n2/data/sm-1"));
     let len = std::fs::metadata(&sst).unwrap().len();
     std::fs::OpenOptions::new().write(true).open(&sst).unwrap().set_len(len / 2).unwrap();
     c.script_ok(&["start", "n2"]);
-    let t = Instant::now();
-    let pid = std::fs::read_to_string(c.path().join("n2/pid")).unwrap_or_default().trim().to_string();
-    while std::process::Command::new("kill").args(["-0", &pid]).status().map(|s| s.success()).unwrap_or(false) {
-        assert!(t.elapsed() < Duration::from_secs(15), "n2 kept running on a truncated state machine file");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let log = std::fs::read_to_string(c.path().join("n2/server.log")).unwrap_or_default();
-    let last = log.lines().last().unwrap_or_default().to_lowercase();
+    assert!(c.wait_exited("n2", Duration::from_secs(15)), "n2 kept running on a truncated state machine file");
+    let last = c.last_log_line("n2").to_lowercase();
     assert!(last.contains("state machine") && last.contains("corrupt"), "the last line names the damage: {last}");
 }
 
 #[test]
 fn a_removed_replica_stops_itself_with_a_clear_message() {
     let c = Cluster::up(3, &[]);
-    let list = c.etcdctl_ok(&["member", "list"]);
+    // Remove it once every member has published itself (a removal racing the founders'
+    // attribute publishing is not covered here; see the issue note).
+    let t = Instant::now();
+    let list = loop {
+        let list = c.etcdctl_ok(&["member", "list"]);
+        if list.lines().filter(|l| l.contains(":2379")).count() == 3 {
+            break list;
+        }
+        assert!(t.elapsed() < Duration::from_secs(15), "members never published: {list}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
     let id = list.lines().find(|l| l.contains(", n3,")).and_then(|l| l.split(',').next()).expect("n3 listed").trim().to_string();
     let out = c.etcdctl_ok(&["member", "remove", &id]);
     assert!(out.contains("removed"), "{out}");
-    let pid = std::fs::read_to_string(c.path().join("n3/pid")).unwrap_or_default().trim().to_string();
-    let t = Instant::now();
-    while std::process::Command::new("kill").args(["-0", &pid]).status().map(|s| s.success()).unwrap_or(false) {
-        assert!(t.elapsed() < Duration::from_secs(40), "n3 kept running after its removal\n{}", c.logs());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let log = std::fs::read_to_string(c.path().join("n3/server.log")).unwrap_or_default();
-    assert!(log.lines().last().unwrap_or_default().contains("removed from the cluster"), "{log}");
+    assert!(c.wait_exited("n3", Duration::from_secs(40)), "n3 kept running after its removal\n{}", c.logs());
+    let last = c.last_log_line("n3");
+    assert!(last.contains("removed from the cluster"), "{last}");
     // The two that remain are a working cluster.
     let out = c.etcdctl_at(&format!("{},{}", c.client_url("n1"), c.client_url("n2")), &["put", "after-removal", "ok"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -12,19 +12,9 @@ use std::time::{Duration, Instant};
 
 use common::Cluster;
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 #[derive(Default, Debug, Clone, Copy)]
 struct Tally {
@@ -103,17 +93,17 @@ fn cas_counters_survive_random_kills_and_restarts_without_lost_or_doubled_update
         }));
     }
 
-    let mut rng = Rng(seed | 1);
+    let mut rng = StdRng::seed_from_u64(seed);
     let t = Instant::now();
     let mut down: Option<String> = None;
     while t.elapsed() < Duration::from_secs(20) {
-        std::thread::sleep(Duration::from_millis(700 + rng.below(800)));
+        std::thread::sleep(Duration::from_millis(700 + rng.random_range(0..800)));
         if let Some(n) = down.take() {
             c.script_ok(&["start", &n]);
             continue;
         }
-        let n = format!("n{}", rng.below(3) + 1);
-        match rng.below(6) {
+        let n = format!("n{}", rng.random_range(0..3) + 1);
+        match rng.random_range(0..6) {
             0 | 1 => {
                 c.script_ok(&["kill", &n]);
                 down = Some(n);

@@ -276,6 +276,15 @@ mod tests {
         Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), i), payload: EntryPayload::Normal(cmd) }
     }
 
+    /// Builds a snapshot of `from` and installs it on `to`, as openraft does between replicas.
+    async fn ship_snapshot(from: &mut StateMachine, to: &mut StateMachine) {
+        let snap = from.build_snapshot().await.unwrap();
+        let mut src = snap.snapshot;
+        let mut dst = to.begin_receiving_snapshot().await.unwrap();
+        tokio::io::copy(&mut *src, &mut *dst).await.unwrap();
+        to.install_snapshot(&snap.meta, dst).await.unwrap();
+    }
+
     async fn next_events(rx: &mut mpsc::Receiver<WatchOut>, ws: &mut WatchStream, want: usize) -> Vec<(Revision, Vec<u8>)> {
         let mut got = Vec::new();
         while got.len() < want {
@@ -305,12 +314,7 @@ mod tests {
         let first = next_events(&mut rx, &mut ws, 10).await;
         assert_eq!(first.iter().map(|e| e.0).collect::<Vec<_>>(), (2..=11).collect::<Vec<_>>());
 
-        // Ship a snapshot of `a` to `b`, as openraft does.
-        let snap = a.build_snapshot().await.unwrap();
-        let mut src = snap.snapshot;
-        let mut dst = b.begin_receiving_snapshot().await.unwrap();
-        tokio::io::copy(&mut *src, &mut *dst).await.unwrap();
-        b.install_snapshot(&snap.meta, dst).await.unwrap();
+        ship_snapshot(&mut a, &mut b).await;
         assert_eq!(b.shared.mvcc().mvcc.current_revision(), 41);
 
         // Then the log continues on `b`.
@@ -346,11 +350,7 @@ mod tests {
         let mut ws = WatchStream::new(b.shared.clone(), tx);
         ws.create(WatchSpec { key: b"k".to_vec(), range_end: b"l".to_vec(), start_revision: 2, ..Default::default() }).await.unwrap();
         let _ = next_events(&mut rx, &mut ws, 5).await;
-        let snap = a.build_snapshot().await.unwrap();
-        let mut src = snap.snapshot;
-        let mut dst = b.begin_receiving_snapshot().await.unwrap();
-        tokio::io::copy(&mut *src, &mut *dst).await.unwrap();
-        b.install_snapshot(&snap.meta, dst).await.unwrap();
+        ship_snapshot(&mut a, &mut b).await;
         let h = ws.recv_hub().await;
         ws.on_hub(h).await.unwrap();
         loop {

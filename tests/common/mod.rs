@@ -131,6 +131,25 @@ impl Cluster {
         None
     }
 
+    /// Waits until replica `name`'s process has exited; false if it still runs after `timeout`.
+    pub fn wait_exited(&self, name: &str, timeout: Duration) -> bool {
+        let pid = std::fs::read_to_string(self.path().join(name).join("pid")).unwrap_or_default().trim().to_string();
+        let t = Instant::now();
+        while Command::new("kill").args(["-0", &pid]).status().map(|s| s.success()).unwrap_or(false) {
+            if t.elapsed() > timeout {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        true
+    }
+
+    /// The last line replica `name` logged.
+    pub fn last_log_line(&self, name: &str) -> String {
+        let log = std::fs::read_to_string(self.path().join(name).join("server.log")).unwrap_or_default();
+        log.lines().last().unwrap_or_default().to_string()
+    }
+
     /// /status JSON of one replica.
     pub fn status(&self, name: &str) -> Option<serde_json::Value> {
         let out = Command::new("curl").args(["-s", "--max-time", "1", &format!("http://{}:2381/status", self.ip(name))]).output().ok()?;

@@ -1,4 +1,6 @@
 use super::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 fn open() -> (tempfile::TempDir, Mvcc) {
     let dir = tempfile::tempdir().unwrap();
@@ -266,30 +268,17 @@ impl Model {
     }
 }
 
-/// xorshift: seeded, reproducible.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 #[test]
 fn random_operations_match_a_naive_model_at_every_revision() {
     for seed in 1..=20u64 {
         let (_d, m) = open();
         let mut model = Model::new();
-        let mut rng = Rng(seed.wrapping_mul(0x9E3779B97F4A7C15) | 1);
+        let mut rng = StdRng::seed_from_u64(seed);
         let keys: Vec<Vec<u8>> = ["a", "a\0", "ab", "b", "b/1", "b/2", "c"].iter().map(|k| k.as_bytes().to_vec()).collect();
         for step in 0..300 {
-            let k = keys[rng.below(keys.len() as u64) as usize].clone();
-            match rng.below(10) {
+            let k = keys[rng.random_range(0..keys.len() as u64) as usize].clone();
+            match rng.random_range(0..10) {
                 0..=4 => {
                     let v = format!("v{step}").into_bytes();
                     let r = run(&m, Command::Txn(TxnRequest { success: vec![Op::Put(PutRequest { key: k.clone(), value: v.clone(), ..Default::default() })], ..Default::default() })).0;
@@ -308,7 +297,7 @@ fn random_operations_match_a_naive_model_at_every_revision() {
                     assert_eq!(r.revision, model.rev(), "seed {seed} step {step}");
                 }
                 5..=6 => {
-                    let end = if rng.below(2) == 0 { vec![] } else { prefix_end(&k[..1]) };
+                    let end = if rng.random_range(0..2) == 0 { vec![] } else { prefix_end(&k[..1]) };
                     let r = run(&m, Command::Txn(TxnRequest { success: vec![Op::Delete(DeleteRequest { key: k.clone(), range_end: end.clone(), prev_kv: false })], ..Default::default() })).0;
                     let mut next = model.cur().clone();
                     let before = next.len();
@@ -320,22 +309,22 @@ fn random_operations_match_a_naive_model_at_every_revision() {
                 }
                 7 => {
                     // Compact somewhere in the retained window now and then.
-                    if rng.below(4) == 0 && model.rev() > model.compacted + 1 {
-                        let to = model.compacted + 1 + rng.below((model.rev() - model.compacted) as u64) as i64;
+                    if rng.random_range(0..4) == 0 && model.rev() > model.compacted + 1 {
+                        let to = model.compacted + 1 + rng.random_range(0..(model.rev() - model.compacted) as u64) as i64;
                         let r = run(&m, Command::Compact { revision: to }).0;
                         assert_eq!(r.result, Ok(CommandResult::Compacted));
                         model.compacted = to;
                         // Physical removal in small steps, sometimes only partly done.
-                        for _ in 0..rng.below(4) {
-                            m.compact_step(1 + rng.below(5) as usize).unwrap();
+                        for _ in 0..rng.random_range(0..4) {
+                            m.compact_step(1 + rng.random_range(0..5) as usize).unwrap();
                         }
                     }
                 }
                 _ => {
                     // Check a random range at a random retained revision.
                     let lo = model.compacted.max(1);
-                    let at = lo + rng.below((model.rev() - lo + 1) as u64) as i64;
-                    let (start, end) = match rng.below(3) {
+                    let at = lo + rng.random_range(0..(model.rev() - lo + 1) as u64) as i64;
+                    let (start, end) = match rng.random_range(0..3) {
                         0 => (k.clone(), vec![]),
                         1 => (k.clone(), prefix_end(&k[..1])),
                         _ => (vec![0], vec![0]),
