@@ -24,8 +24,31 @@ enum Cmd {
         #[arg(long, default_value = "kuberaft-data")]
         dir: PathBuf,
     },
-    /// Run one control-plane replica (the Raft store and its etcd v3 API).
-    Server(raftstore::server::ServerOptions),
+    /// Run one control-plane replica: the Raft store, its etcd v3 API and the Kubernetes API.
+    Server {
+        #[command(flatten)]
+        store: raftstore::server::ServerOptions,
+        #[command(flatten)]
+        api: apiserver::ApiOptions,
+    },
+    /// Write a kubeconfig for a user, with a client certificate from the cluster CA.
+    Kubeconfig {
+        /// Directory of the cluster CA (ca.crt, ca.key).
+        #[arg(long, default_value = "kuberaft-data/pki")]
+        pki: PathBuf,
+        /// API server URL.
+        #[arg(long, default_value = "https://127.0.0.1:6443")]
+        server: String,
+        /// User name (the certificate's CN).
+        #[arg(long, default_value = "admin")]
+        user: String,
+        /// Groups (the certificate's O), comma-separated; admin defaults to system:masters.
+        #[arg(long, value_delimiter = ',')]
+        groups: Option<Vec<String>>,
+        /// Where to write it.
+        #[arg(long, default_value = "kubeconfig")]
+        out: PathBuf,
+    },
     /// Benchmarks against a peer system, measured in the same run.
     Bench {
         #[command(subcommand)]
@@ -82,10 +105,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
     let res = match cli.cmd {
-        Cmd::Server(opts) => opts.resolve().and_then(|cfg| {
-            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(raftstore::server::run(cfg))
+        Cmd::Server { store, api } => store.resolve().and_then(|cfg| {
+            let api = api.resolve(cfg.cacert.clone(), cfg.cert.clone(), cfg.key.clone())?;
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(apiserver::run(cfg, api))
         }),
-        Cmd::Up { dir } => tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(Into::into).and_then(|rt| rt.block_on(raftstore::server::up(dir))),
+        Cmd::Up { dir } => tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(Into::into).and_then(|rt| rt.block_on(apiserver::up(dir))),
+        Cmd::Kubeconfig { pki, server, user, groups, out } => {
+            let groups = groups.unwrap_or_else(|| if user == "admin" { vec!["system:masters".into()] } else { vec![] });
+            let gs: Vec<&str> = groups.iter().map(String::as_str).collect();
+            apiserver::kubeconfig::write(&pki, &server, &user, &gs, &out)
+        }
         Cmd::Bench { what: BenchCmd::Store { duration, clients, value_size, keys, etcd, skip_etcd, settle, dir } } => (|| {
             let opts = raftstore::bench::BenchOptions {
                 duration: std::time::Duration::from_secs(duration),

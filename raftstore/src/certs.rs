@@ -82,7 +82,11 @@ pub fn issue(
 /// Creates (or completes) the cluster's TLS material in `dir` for replicas at `hosts`.
 pub fn generate(dir: &Path, hosts: &[String]) -> Result<(), CertError> {
     let ca = load_or_create_ca(dir)?;
-    let mut sans: Vec<String> = vec!["localhost".into(), "127.0.0.1".into()];
+    // The in-cluster names of the API (the `kubernetes` Service) as well as the hosts given.
+    let mut sans: Vec<String> = ["localhost", "127.0.0.1", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local", "10.96.0.1"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     for h in hosts {
         if !sans.contains(h) {
             sans.push(h.clone());

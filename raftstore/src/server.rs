@@ -198,12 +198,9 @@ fn read_file(p: &Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))
 }
 
-/// `kuberaft up`: one replica with everything under `dir` (data, certificates, etcd.env),
-/// defaults for the rest, in the foreground until Ctrl-C.
-pub async fn up(dir: PathBuf) -> anyhow::Result<()> {
-    let opts = ServerOptions { name: Some("default".into()), data_dir: Some(dir.clone()), ..Default::default() };
-    let cfg = opts.resolve()?;
-    let abs = std::fs::canonicalize(&dir)?;
+/// The etcd.env an operator sources to point etcdctl at this replica.
+pub fn write_etcd_env(cfg: &ServerConfig, dir: &Path) -> anyhow::Result<()> {
+    let abs = std::fs::canonicalize(dir)?;
     let pki = abs.join("pki");
     let env = format!(
         "export ETCDCTL_API=3\nexport ETCDCTL_ENDPOINTS={}\nexport ETCDCTL_CACERT={}\nexport ETCDCTL_CERT={}\nexport ETCDCTL_KEY={}\n",
@@ -213,18 +210,20 @@ pub async fn up(dir: PathBuf) -> anyhow::Result<()> {
         pki.join("client.key").display()
     );
     std::fs::write(abs.join("etcd.env"), env)?;
-    println!("kuberaft is up: one replica, data and certificates in {}", abs.display());
-    println!("  etcd v3 API   {}", cfg.replica.advertise_client);
-    if let Some(m) = cfg.listen_metrics {
-        println!("  metrics       http://{m}/metrics   health http://{m}/healthz");
-    }
-    println!("  try:          . {}/etcd.env && etcdctl put hello world && etcdctl get hello", abs.display());
-    println!("Press Ctrl-C to stop.");
-    run(cfg).await
+    Ok(())
 }
 
+/// Something else served from the replica's process (the Kubernetes API): started once the
+/// replica is up; if it fails, the process stops.
+pub type Extra = Box<dyn FnOnce(Arc<Replica>) -> futures::future::BoxFuture<'static, anyhow::Result<()>> + Send>;
+
 /// Runs a replica until SIGINT/SIGTERM.
-pub async fn run(mut cfg: ServerConfig) -> anyhow::Result<()> {
+pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
+    run_with(cfg, None).await
+}
+
+/// Runs a replica, and `extra` beside it, until SIGINT/SIGTERM.
+pub async fn run_with(mut cfg: ServerConfig, extra: Option<Extra>) -> anyhow::Result<()> {
     let ca = Certificate::from_pem(read_file(&cfg.cacert)?);
     let identity = Identity::from_pem(read_file(&cfg.cert)?, read_file(&cfg.key)?);
     cfg.replica.peer_tls = Some(ClientTlsConfig::new().ca_certificate(ca.clone()).identity(identity.clone()));
@@ -272,9 +271,15 @@ pub async fn run(mut cfg: ServerConfig) -> anyhow::Result<()> {
         tokio::spawn(serve_metrics(l, replica.clone()));
     }
 
+    let extra_task = tokio::spawn(match extra {
+        Some(f) => f(replica.clone()),
+        None => Box::pin(futures::future::pending()),
+    });
+
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut removed = false;
     tokio::select! {
+        r = extra_task => { r??; }
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
         _ = replica.wait_removed() => { removed = true; }

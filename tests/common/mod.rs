@@ -219,3 +219,66 @@ impl Drop for Cluster {
         }
     }
 }
+
+/// kubectl against a replica of the cluster, with the admin kubeconfig deploy/cluster wrote
+/// and a cache directory of the cluster's own (kubectl caches discovery for 6 h).
+impl Cluster {
+    pub fn kubectl_cmd(&self, replica: &str, args: &[&str]) -> Command {
+        let mut c = Command::new("kubectl");
+        c.arg("--kubeconfig").arg(self.path().join(replica).join("kubeconfig"));
+        c.arg("--cache-dir").arg(self.path().join("kcache").join(replica));
+        c.args(args);
+        c
+    }
+
+    /// kubectl on n1.
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        self.kubectl_at("n1", args)
+    }
+
+    pub fn kubectl_at(&self, replica: &str, args: &[&str]) -> Output {
+        self.kubectl_cmd(replica, args).output().expect("run kubectl")
+    }
+
+    /// kubectl with `input` on stdin.
+    pub fn kubectl_stdin(&self, args: &[&str], input: &str) -> Output {
+        use std::io::Write;
+        let mut child = self.kubectl_cmd("n1", args).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().expect("run kubectl");
+        child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
+        child.wait_with_output().expect("kubectl output")
+    }
+
+    /// Runs kubectl on n1, asserts success, returns stdout.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(out.status.success(), "kubectl {args:?} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs kubectl on n1, asserts failure, returns stderr.
+    pub fn kubectl_err(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(!out.status.success(), "kubectl {args:?} should fail: {}", String::from_utf8_lossy(&out.stdout));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// Writes `text` to a file in the cluster dir and returns its path.
+    pub fn file(&self, name: &str, text: &str) -> String {
+        let p = self.path().join(name);
+        std::fs::write(&p, text).expect("write file");
+        p.display().to_string()
+    }
+
+    /// Waits until the bootstrap objects exist (namespace default is created by the replicas).
+    pub fn wait_api(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = self.kubectl(&["get", "namespace", "default", "-o", "name"]);
+            if out.status.success() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "API not ready: {}", String::from_utf8_lossy(&out.stderr));
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}

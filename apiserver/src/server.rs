@@ -1,0 +1,417 @@
+//! HTTPS (HTTP/2 and HTTP/1.1 by ALPN), authentication, authorization and routing.
+//!
+//! Client certificates are optional at the TLS layer so that bearer tokens and anonymous
+//! requests reach us; anonymous requests get 401 except health and version.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Method, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{json, Value};
+
+use crate::catalog::{KUBE_GIT_VERSION, KUBE_MINOR};
+use crate::error::{ApiError, ApiResult};
+use crate::request::{Query, Reply, Request, User};
+use crate::rest::Target;
+use crate::Api;
+
+/// Request bodies above this are refused with 413 (Kubernetes' limit is 3 MiB).
+pub const MAX_BODY: usize = 3 << 20;
+
+type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).boxed()
+}
+
+/// Parses a static token file: `token,user,uid,"group1,group2"` per line.
+pub fn parse_token_file(text: &str) -> anyhow::Result<HashMap<String, User>> {
+    let mut out = HashMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (head, groups) = match line.find('"') {
+            Some(q) => (&line[..q], line[q..].trim_matches('"')),
+            None => (line, ""),
+        };
+        let cols: Vec<&str> = head.split(',').map(str::trim).collect();
+        if cols.len() < 2 || cols[0].is_empty() || cols[1].is_empty() {
+            anyhow::bail!("token file line {}: expected token,user,uid[,\"groups\"]", i + 1);
+        }
+        let mut gs: Vec<String> = groups.split(',').map(str::trim).filter(|g| !g.is_empty()).map(str::to_string).collect();
+        gs.push("system:authenticated".into());
+        out.insert(cols[0].to_string(), User { name: cols[1].to_string(), groups: gs });
+    }
+    Ok(out)
+}
+
+/// User and groups from a client certificate: CN and every O.
+fn user_from_cert(der: &[u8]) -> Option<User> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let subject = cert.subject();
+    let name = subject.iter_common_name().next()?.as_str().ok()?.to_string();
+    let mut groups: Vec<String> = subject.iter_organization().filter_map(|o| o.as_str().ok().map(str::to_string)).collect();
+    groups.push("system:authenticated".into());
+    Some(User { name, groups })
+}
+
+pub fn tls_config(cacert: &std::path::Path, cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<rustls::ServerConfig> {
+    let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()));
+    let certs: Vec<_> = rustls_pemfile::certs(&mut &read(cert)?[..]).collect::<Result<_, _>>()?;
+    let key = rustls_pemfile::private_key(&mut &read(key)?[..])?.ok_or_else(|| anyhow::anyhow!("no private key in {}", key.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut &read(cacert)?[..]) {
+        roots.add(c?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).allow_unauthenticated().build()?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider).with_safe_default_protocol_versions()?.with_client_cert_verifier(verifier).with_single_cert(certs, key)?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+/// Serves the API until the process stops.
+pub async fn serve(api: Arc<Api>, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
+    let tls = tls_config(&api.cfg.cacert, &api.cfg.cert, &api.cfg.key)?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    tokio::spawn(crate::bootstrap::run(api.clone()));
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!("accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let api = api.clone();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, "TLS handshake failed: {e}");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let cert_user = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| user_from_cert(c.as_ref()));
+            let service = hyper::service::service_fn(move |req| {
+                let api = api.clone();
+                let cert_user = cert_user.clone();
+                async move { Ok::<_, Infallible>(handle(api, req, cert_user).await) }
+            });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(tls), service).await {
+                tracing::debug!(%peer, "connection: {e}");
+            }
+        });
+    }
+}
+
+fn authenticate(api: &Api, req: &hyper::Request<Incoming>, cert_user: Option<User>) -> Option<User> {
+    if let Some(auth) = req.headers().get("authorization").and_then(|v| v.to_str().ok()) {
+        if let Some(tok) = auth.strip_prefix("Bearer ").map(str::trim) {
+            return api.cfg.tokens.get(tok).cloned();
+        }
+        return None;
+    }
+    cert_user
+}
+
+fn is_public(path: &str) -> bool {
+    matches!(path, "/healthz" | "/livez" | "/readyz" | "/version" | "/version/") || path.starts_with("/healthz/") || path.starts_with("/livez/") || path.starts_with("/readyz/")
+}
+
+async fn handle(api: Arc<Api>, req: hyper::Request<Incoming>, cert_user: Option<User>) -> Response<Body> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let user = authenticate(&api, &req, cert_user);
+    let (parts, body) = req.into_parts();
+    let query = Query::parse(parts.uri.query());
+    let user = match user {
+        Some(u) => u,
+        None if is_public(&path) => User { name: "system:anonymous".into(), groups: vec!["system:unauthenticated".into()] },
+        None => return error_response(&ApiError::Unauthorized),
+    };
+    let body = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                return error_response(&ApiError::TooLarge);
+            }
+            return error_response(&ApiError::BadRequest(format!("cannot read the request body: {e}")));
+        }
+    };
+    let request = Request { method: method.clone(), path: path.clone(), query, headers: parts.headers, body, user };
+    let mut verb = String::from("other");
+    let mut resource = String::new();
+    let res = route(&api, &request, &mut verb, &mut resource).await;
+    let resp = match res {
+        Ok(r) => reply_response(r),
+        Err(e) => error_response(&e),
+    };
+    let code = resp.status().as_u16().to_string();
+    api.metrics.requests.get_or_create(&crate::metrics::RequestLabels { verb: verb.clone(), resource: resource.clone(), code: code.clone() }).inc();
+    api.metrics.latency.get_or_create(&crate::metrics::VerbLabels { verb: verb.clone(), resource: resource.clone() }).observe(started.elapsed().as_secs_f64());
+    tracing::debug!(%method, %path, user = %request.user.name, %code, ms = started.elapsed().as_millis() as u64, "request");
+    resp
+}
+
+fn error_response(e: &ApiError) -> Response<Body> {
+    let body = serde_json::to_vec(&e.status()).unwrap_or_default();
+    Response::builder()
+        .status(StatusCode::from_u16(e.code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+        .header("content-type", "application/json")
+        .body(full(body))
+        .unwrap_or_else(|_| Response::new(full("internal error")))
+}
+
+fn reply_response(r: Reply) -> Response<Body> {
+    match r {
+        Reply::Json { code, body, warnings, headers } => {
+            let mut b = Response::builder().status(StatusCode::from_u16(code).unwrap_or(StatusCode::OK)).header("content-type", "application/json");
+            for w in warnings {
+                // The text is quoted; embedded quotes and backslashes are escaped.
+                let text = w.replace('\\', "\\\\").replace('"', "\\\"");
+                b = b.header("warning", format!("299 - \"{text}\""));
+            }
+            for (k, v) in headers {
+                b = b.header(k, v);
+            }
+            b.body(full(serde_json::to_vec(&body).unwrap_or_default())).unwrap_or_else(|_| Response::new(full("internal error")))
+        }
+        Reply::Raw { code, content_type, body, headers } => {
+            let mut b = Response::builder().status(StatusCode::from_u16(code).unwrap_or(StatusCode::OK)).header("content-type", content_type);
+            for (k, v) in headers {
+                b = b.header(k, v);
+            }
+            b.body(full(body)).unwrap_or_else(|_| Response::new(full("internal error")))
+        }
+        Reply::Stream { content_type, rx } => {
+            let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx)) });
+            Response::builder()
+                .status(StatusCode::OK)
+                .header("content-type", content_type)
+                .header("cache-control", "no-cache, private")
+                .body(StreamBody::new(stream).boxed())
+                .unwrap_or_else(|_| Response::new(full("internal error")))
+        }
+    }
+}
+
+fn version() -> Value {
+    json!({
+        "major": "1", "minor": KUBE_MINOR, "gitVersion": KUBE_GIT_VERSION, "gitCommit": env!("CARGO_PKG_VERSION"),
+        "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z", "goVersion": "rust", "compiler": "rustc", "platform": "linux/amd64",
+    })
+}
+
+/// A JSON reply with an ETag, answering If-None-Match with 304 (discovery and OpenAPI).
+fn cached_json(req: &Request, body: Bytes, content_type: &'static str, etag: &str, immutable: bool) -> Reply {
+    let tag = format!("\"{etag}\"");
+    let mut headers = HashMap::new();
+    headers.insert("etag", tag.clone());
+    headers.insert("vary", "Accept".to_string());
+    if immutable {
+        headers.insert("cache-control", "public, immutable".to_string());
+    }
+    if req.header("if-none-match").map(|v| v.split(',').any(|t| t.trim() == tag)).unwrap_or(false) {
+        return Reply::Raw { code: 304, content_type, body: Bytes::new(), headers };
+    }
+    Reply::Raw { code: 200, content_type, body, headers }
+}
+
+fn json_bytes(v: &Value) -> Bytes {
+    Bytes::from(serde_json::to_vec(v).unwrap_or_default())
+}
+
+async fn route(api: &Arc<Api>, req: &Request, verb: &mut String, resource: &mut String) -> ApiResult<Reply> {
+    let segs: Vec<&str> = req.path.split('/').filter(|s| !s.is_empty()).collect();
+    let accept = req.header("accept");
+    match segs.as_slice() {
+        ["version"] => return Ok(Reply::ok(version())),
+        ["healthz" | "livez" | "readyz", ..] => return Ok(Reply::Raw { code: 200, content_type: "text/plain", body: Bytes::from_static(b"ok"), headers: HashMap::new() }),
+        _ => {}
+    }
+    authorize_non_resource(api, req, &segs).await?;
+    let cat = api.catalog.get();
+    match segs.as_slice() {
+        ["metrics"] => {
+            let mut text = api.metrics.encode();
+            text = text.replace("# EOF\n", "");
+            text.push_str(&api.store.replica.metrics.render());
+            Ok(Reply::Raw { code: 200, content_type: "text/plain; version=0.0.4", body: Bytes::from(text), headers: HashMap::new() })
+        }
+        ["api"] => {
+            if crate::discovery::wants_aggregated(accept) {
+                let doc = crate::discovery::aggregated(&cat, true);
+                let b = json_bytes(&doc);
+                let h = crate::openapi::hash(&b);
+                Ok(cached_json(req, b, crate::discovery::AGGREGATED_CT, &h, false))
+            } else {
+                Ok(Reply::ok(crate::discovery::api_versions(&api.cfg.listen.to_string())))
+            }
+        }
+        ["apis"] => {
+            if crate::discovery::wants_aggregated(accept) {
+                let doc = crate::discovery::aggregated(&cat, false);
+                let b = json_bytes(&doc);
+                let h = crate::openapi::hash(&b);
+                Ok(cached_json(req, b, crate::discovery::AGGREGATED_CT, &h, false))
+            } else {
+                Ok(Reply::ok(crate::discovery::api_group_list(&cat)))
+            }
+        }
+        ["api", "v1"] => crate::discovery::resource_list(&cat, "", "v1").map(Reply::ok).ok_or(ApiError::NoRoute),
+        ["apis", g] => crate::discovery::api_group(&cat, g).map(Reply::ok).ok_or(ApiError::NoRoute),
+        ["apis", g, v] => crate::discovery::resource_list(&cat, g, v).map(Reply::ok).ok_or(ApiError::NoRoute),
+        ["openapi", "v3"] => {
+            let docs = api.openapi_docs();
+            Ok(Reply::ok(docs.root.clone()))
+        }
+        ["openapi", "v3", rest @ ..] => {
+            let docs = api.openapi_docs();
+            let key = rest.join("/");
+            match docs.docs.get(&key) {
+                Some((body, h)) => Ok(cached_json(req, body.clone(), "application/json", h, req.query.get("hash").is_some())),
+                None => Err(ApiError::NoRoute),
+            }
+        }
+        ["api", "v1", rest @ ..] => resource_request(api, req, "", "v1", rest, verb, resource).await,
+        ["apis", g, v, rest @ ..] => resource_request(api, req, g, v, rest, verb, resource).await,
+        _ => Err(ApiError::NoRoute),
+    }
+}
+
+async fn authorize_non_resource(api: &Api, req: &Request, segs: &[&str]) -> ApiResult<()> {
+    let is_resource = matches!(segs, ["api", "v1", _, ..] | ["apis", _, _, _, ..]);
+    if is_resource || req.user.is_master() {
+        return Ok(());
+    }
+    let verb = match req.method {
+        Method::GET | Method::HEAD => "get",
+        Method::POST => "post",
+        Method::PUT => "put",
+        Method::DELETE => "delete",
+        Method::PATCH => "patch",
+        _ => "get",
+    };
+    let attrs = crate::rbac::Attributes {
+        user: req.user.name.clone(),
+        groups: req.user.groups.clone(),
+        verb: verb.into(),
+        resource_request: false,
+        path: req.path.clone(),
+        ..Default::default()
+    };
+    check(api, &attrs).await
+}
+
+/// Loads the RBAC objects (local reads) and decides.
+pub async fn check(api: &Api, attrs: &crate::rbac::Attributes) -> ApiResult<()> {
+    if attrs.groups.iter().any(|g| g == "system:masters") {
+        return Ok(());
+    }
+    let cat = api.catalog.get();
+    let mut load = Vec::new();
+    for plural in ["clusterroles", "clusterrolebindings", "roles", "rolebindings"] {
+        let Some(r) = cat.lookup("rbac.authorization.k8s.io", "v1", plural) else {
+            load.push(vec![]);
+            continue;
+        };
+        let (start, end) = crate::store::collection_range(&r, None);
+        let page = api.store.list(&start, &end, crate::store::Freshness::Any, 0, &|_| true).await?;
+        load.push(page.items.into_iter().map(|(v, _)| v).collect());
+    }
+    let policy = crate::rbac::Policy { cluster_roles: &load[0], cluster_role_bindings: &load[1], roles: &load[2], role_bindings: &load[3] };
+    match crate::rbac::authorize(attrs, &policy) {
+        crate::rbac::Decision::Allow => Ok(()),
+        crate::rbac::Decision::Deny(reason) => {
+            let gr = crate::error::GroupResource { group: attrs.api_group.clone(), resource: attrs.resource.clone() };
+            Err(ApiError::Forbidden { message: crate::rbac::forbidden_message(attrs, &reason), gr, name: attrs.name.clone() })
+        }
+    }
+}
+
+async fn resource_request(api: &Arc<Api>, req: &Request, group: &str, version: &str, rest: &[&str], verb_out: &mut String, resource_out: &mut String) -> ApiResult<Reply> {
+    let cat = api.catalog.get();
+    // /namespaces/NS/RES[/NAME[/SUB]] vs /RES[/NAME[/SUB]] (namespaces/NAME/status is the
+    // namespace's own subresource).
+    let (ns, plural, name, sub) = match rest {
+        ["namespaces", ns, plural, tail @ ..] if group.is_empty() && !matches!(*plural, "status" | "finalize") || !group.is_empty() => {
+            (Some(ns.to_string()), *plural, tail.first().map(|s| s.to_string()), tail.get(1).map(|s| s.to_string()))
+        }
+        [plural, tail @ ..] => (None, *plural, tail.first().map(|s| s.to_string()), tail.get(1).map(|s| s.to_string())),
+        [] => return Err(ApiError::NoRoute),
+    };
+    if rest.len() > 5 || (ns.is_none() && rest.len() > 3) {
+        return Err(ApiError::NoRoute);
+    }
+    let res = cat.lookup(group, version, plural).ok_or(ApiError::NoRoute)?;
+    if ns.is_some() && !res.namespaced {
+        return Err(ApiError::NoRoute);
+    }
+    if let Some(s) = &sub {
+        if !res.has_sub(s) {
+            return Err(ApiError::NoRoute);
+        }
+    }
+    *resource_out = res.plural.clone();
+    let t = Target { res: res.clone(), ns: ns.clone(), name: name.clone(), sub: sub.clone() };
+    let watch = req.query.flag("watch");
+    let verb = match (&req.method, &name) {
+        (&Method::GET, None) if watch => "watch",
+        (&Method::GET, None) => "list",
+        (&Method::GET, Some(_)) if watch => "watch",
+        (&Method::GET, Some(_)) => "get",
+        (&Method::POST, None) => "create",
+        (&Method::POST, Some(_)) if sub.is_some() => "create",
+        (&Method::PUT, Some(_)) => "update",
+        (&Method::PATCH, Some(_)) => "patch",
+        (&Method::DELETE, None) => "deletecollection",
+        (&Method::DELETE, Some(_)) => "delete",
+        _ => return Err(ApiError::MethodNotAllowed),
+    };
+    *verb_out = verb.to_string();
+    if !req.user.is_master() {
+        let attrs = crate::rbac::Attributes {
+            user: req.user.name.clone(),
+            groups: req.user.groups.clone(),
+            verb: verb.into(),
+            resource_request: true,
+            api_group: group.into(),
+            resource: res.plural.clone(),
+            subresource: sub.clone().unwrap_or_default(),
+            namespace: ns.clone().unwrap_or_default(),
+            name: name.clone().unwrap_or_default(),
+            path: req.path.clone(),
+        };
+        check(api, &attrs).await?;
+    }
+    match (verb, sub.as_deref()) {
+        ("list", _) | ("watch", None) if name.is_none() => api.list(req, &t).await,
+        ("watch", _) => api.watch(req, &t).await,
+        ("get", None) | ("get", Some("status")) => api.get(req, &t).await,
+        ("get", Some("scale")) => api.get_scale(&t).await,
+        ("create", None) => api.create(req, &t).await,
+        ("create", Some("binding")) => api.bind(req, &t).await,
+        ("create", Some("eviction")) => api.evict(req, &t).await,
+        ("update", None) | ("update", Some("status")) | ("update", Some("scale")) | ("update", Some("finalize")) => api.update(req, &t).await,
+        ("patch", None) | ("patch", Some("status")) | ("patch", Some("scale")) => api.patch(req, &t).await,
+        ("delete", None) => api.delete(req, &t).await,
+        ("deletecollection", None) => api.delete_collection(req, &t).await,
+        (_, Some(s @ ("log" | "exec" | "attach" | "portforward"))) => Err(ApiError::Unavailable(format!("pods/{s} is not available: this cluster has no node daemon serving it yet"))),
+        _ => Err(ApiError::MethodNotAllowed),
+    }
+}

@@ -1,0 +1,215 @@
+//! Objects in raftstore: one key per object (`/registry/<resource>/<ns>/<name>`), JSON values,
+//! and resourceVersion = the key's mod revision. Writes are compare-and-swap transactions on that
+//! revision, so two writers can never both win.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use raftstore::mvcc::prefix_end;
+use raftstore::replica::Replica;
+use raftstore::types::*;
+use serde_json::Value;
+
+use crate::catalog::ResourceDef;
+use crate::error::{ApiError, ApiResult};
+
+/// Highest revision a request may name before we wait for it (and then give up with 504).
+const FUTURE_RV_WAIT: Duration = Duration::from_secs(3);
+
+pub fn object_key(res: &ResourceDef, ns: Option<&str>, name: &str) -> Vec<u8> {
+    match ns {
+        Some(ns) if res.namespaced => format!("{}{ns}/{name}", res.storage).into_bytes(),
+        _ => format!("{}{name}", res.storage).into_bytes(),
+    }
+}
+
+/// The key range of a collection: one namespace, or every namespace.
+pub fn collection_range(res: &ResourceDef, ns: Option<&str>) -> (Vec<u8>, Vec<u8>) {
+    let prefix = match ns {
+        Some(ns) if res.namespaced => format!("{}{ns}/", res.storage).into_bytes(),
+        _ => res.storage.clone().into_bytes(),
+    };
+    let end = prefix_end(&prefix);
+    (prefix, end)
+}
+
+/// Decodes a stored value and stamps its resourceVersion.
+pub fn decode(kv: &KeyValue) -> ApiResult<Value> {
+    let mut v: Value = serde_json::from_slice(&kv.value).map_err(|e| ApiError::Internal(format!("stored object {} is not JSON: {e}", String::from_utf8_lossy(&kv.key))))?;
+    set_rv(&mut v, kv.mod_revision);
+    Ok(v)
+}
+
+pub fn set_rv(v: &mut Value, rev: i64) {
+    if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.insert("resourceVersion".into(), Value::String(rev.to_string()));
+    }
+}
+
+/// The stored form: no resourceVersion (it is the key's revision).
+fn encode(v: &Value) -> ApiResult<Vec<u8>> {
+    let mut v = v.clone();
+    if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.remove("resourceVersion");
+    }
+    serde_json::to_vec(&v).map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// How fresh a read must be.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Freshness {
+    /// Linearizable: everything committed before the request.
+    Latest,
+    /// Whatever this replica has applied (resourceVersion=0).
+    Any,
+    /// At least this revision (resourceVersion=N, NotOlderThan).
+    NotOlderThan(i64),
+    /// Exactly this revision (resourceVersionMatch=Exact, continue tokens).
+    Exact(i64),
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pub replica: Arc<Replica>,
+}
+
+pub struct Page {
+    pub items: Vec<(Value, KeyValue)>,
+    /// The snapshot revision the page was read at.
+    pub revision: i64,
+    /// Key after the last returned one, when more remain.
+    pub next_key: Option<Vec<u8>>,
+    pub remaining: Option<i64>,
+}
+
+impl Store {
+    pub fn current_revision(&self) -> i64 {
+        self.replica.current_revision()
+    }
+
+    /// Makes the local state at least as fresh as asked; returns the revision to read at (0 =
+    /// current).
+    pub async fn ensure(&self, f: Freshness) -> ApiResult<i64> {
+        match f {
+            Freshness::Latest => {
+                self.replica.read_barrier().await?;
+                Ok(0)
+            }
+            Freshness::Any => Ok(0),
+            Freshness::NotOlderThan(rv) => {
+                self.wait_for(rv).await?;
+                Ok(0)
+            }
+            Freshness::Exact(rv) => {
+                self.wait_for(rv).await?;
+                Ok(rv)
+            }
+        }
+    }
+
+    async fn wait_for(&self, rv: i64) -> ApiResult<()> {
+        if self.current_revision() >= rv {
+            return Ok(());
+        }
+        // The revision may be committed but not yet applied here: catch up with the leader.
+        self.replica.read_barrier().await?;
+        let deadline = tokio::time::Instant::now() + FUTURE_RV_WAIT;
+        while self.current_revision() < rv {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ApiError::ResourceVersionTooLarge { requested: rv, current: self.current_revision() });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
+    pub async fn get(&self, key: &[u8], fresh: Freshness) -> ApiResult<Option<(Value, KeyValue)>> {
+        let at = self.ensure(fresh).await?;
+        let req = RangeRequest { key: key.to_vec(), revision: at, ..Default::default() };
+        let (resp, _) = self.replica.range(&req, true).await?;
+        match resp.kvs.into_iter().next() {
+            Some(kv) => Ok(Some((decode(&kv)?, kv))),
+            None => Ok(None),
+        }
+    }
+
+    /// One page of a collection, filtered by `keep`. Reads batches until `limit` matching items
+    /// are found (0 = no limit) so that filtering never returns short pages needlessly.
+    pub async fn list(&self, start: &[u8], end: &[u8], fresh: Freshness, limit: usize, keep: &(dyn Fn(&Value) -> bool + Sync)) -> ApiResult<Page> {
+        let mut at = self.ensure(fresh).await?;
+        let mut from = start.to_vec();
+        let mut items = Vec::new();
+        let batch = if limit == 0 { 0 } else { (limit + 1).max(64) as i64 };
+        loop {
+            let req = RangeRequest { key: from.clone(), range_end: end.to_vec(), revision: at, limit: batch, ..Default::default() };
+            let (resp, rev) = self.replica.range(&req, true).await?;
+            at = rev;
+            let last_key = resp.kvs.last().map(|kv| kv.key.clone());
+            for kv in resp.kvs {
+                let v = decode(&kv)?;
+                if !keep(&v) {
+                    continue;
+                }
+                if limit > 0 && items.len() == limit {
+                    // One more matching item exists: the next page starts at it.
+                    return Ok(Page { items, revision: rev, next_key: Some(kv.key), remaining: None });
+                }
+                items.push((v, kv));
+            }
+            match last_key {
+                Some(mut k) if resp.more => {
+                    k.push(0);
+                    from = k;
+                }
+                _ => return Ok(Page { items, revision: rev, next_key: None, remaining: None }),
+            }
+        }
+    }
+
+    async fn txn(&self, t: TxnRequest) -> ApiResult<(i64, TxnResponse)> {
+        let (rev, res) = self.replica.write_ok(Command::Txn(t)).await?;
+        match res {
+            CommandResult::Txn(r) => Ok((rev, r)),
+            other => Err(ApiError::Internal(format!("unexpected store answer {other:?}"))),
+        }
+    }
+
+    /// Creates `key` if absent, with `extra` puts in the same transaction. Ok(None) = it
+    /// already exists.
+    pub async fn create(&self, key: &[u8], obj: &Value, extra: Vec<(Vec<u8>, Vec<u8>)>) -> ApiResult<Option<i64>> {
+        let mut compare = vec![Compare { key: key.to_vec(), range_end: vec![], result: CompareResult::Equal, target: CompareTarget::Create(0) }];
+        let mut success = vec![Op::Put(PutRequest { key: key.to_vec(), value: encode(obj)?, ..Default::default() })];
+        for (k, v) in extra {
+            compare.push(Compare { key: k.clone(), range_end: vec![], result: CompareResult::Equal, target: CompareTarget::Create(0) });
+            success.push(Op::Put(PutRequest { key: k, value: v, ..Default::default() }));
+        }
+        let (rev, r) = self.txn(TxnRequest { compare, success, failure: vec![] }).await?;
+        Ok(r.succeeded.then_some(rev))
+    }
+
+    /// Replaces `key` if its mod revision is still `expected`. Ok(None) = it changed (or went).
+    pub async fn update(&self, key: &[u8], expected: i64, obj: &Value) -> ApiResult<Option<i64>> {
+        let compare = vec![Compare { key: key.to_vec(), range_end: vec![], result: CompareResult::Equal, target: CompareTarget::Mod(expected) }];
+        let success = vec![Op::Put(PutRequest { key: key.to_vec(), value: encode(obj)?, ..Default::default() })];
+        let (rev, r) = self.txn(TxnRequest { compare, success, failure: vec![] }).await?;
+        Ok(r.succeeded.then_some(rev))
+    }
+
+    /// Deletes `key` (and `extra` keys) if its mod revision is still `expected`.
+    pub async fn delete(&self, key: &[u8], expected: i64, extra: Vec<Vec<u8>>) -> ApiResult<Option<i64>> {
+        let compare = vec![Compare { key: key.to_vec(), range_end: vec![], result: CompareResult::Equal, target: CompareTarget::Mod(expected) }];
+        let mut success = vec![Op::Delete(DeleteRequest { key: key.to_vec(), ..Default::default() })];
+        for k in extra {
+            success.push(Op::Delete(DeleteRequest { key: k, ..Default::default() }));
+        }
+        let (rev, r) = self.txn(TxnRequest { compare, success, failure: vec![] }).await?;
+        Ok(r.succeeded.then_some(rev))
+    }
+
+    /// Raw keys under a prefix (allocator bookkeeping).
+    pub async fn keys(&self, prefix: &[u8]) -> ApiResult<Vec<Vec<u8>>> {
+        let req = RangeRequest { key: prefix.to_vec(), range_end: prefix_end(prefix), keys_only: true, ..Default::default() };
+        let (resp, _) = self.replica.range(&req, false).await?;
+        Ok(resp.kvs.into_iter().map(|kv| kv.key).collect())
+    }
+}

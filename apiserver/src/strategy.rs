@@ -1,0 +1,549 @@
+//! What differs per kind: defaults, validation, which fields are selectable, whether deletion is
+//! graceful. Everything else is the generic registry's (rest.rs), as in Kubernetes'
+//! `pkg/registry/<group>/<resource>/strategy.go` over one generic store.
+
+use serde_json::{json, Map, Value};
+
+use crate::catalog::ResourceDef;
+use crate::error::Cause;
+
+/// Fields a field selector may use, beyond metadata.name and metadata.namespace.
+pub fn selectable_fields(res: &ResourceDef) -> &'static [&'static str] {
+    match (res.group.as_str(), res.kind.as_str()) {
+        ("", "Pod") => &[
+            "spec.nodeName",
+            "spec.restartPolicy",
+            "spec.schedulerName",
+            "spec.serviceAccountName",
+            "spec.hostNetwork",
+            "status.phase",
+            "status.podIP",
+            "status.nominatedNodeName",
+        ],
+        ("", "Event") => &[
+            "involvedObject.kind",
+            "involvedObject.namespace",
+            "involvedObject.name",
+            "involvedObject.uid",
+            "involvedObject.apiVersion",
+            "involvedObject.resourceVersion",
+            "involvedObject.fieldPath",
+            "reason",
+            "reportingComponent",
+            "source",
+            "type",
+        ],
+        ("events.k8s.io", "Event") => &["regarding.kind", "regarding.namespace", "regarding.name", "regarding.uid", "reason", "type", "reportingController"],
+        ("", "Node") => &["spec.unschedulable"],
+        ("", "Namespace") => &["status.phase"],
+        ("", "Secret") => &["type"],
+        ("", "ReplicationController") => &["status.replicas"],
+        ("apps", "ReplicaSet") => &["status.replicas"],
+        ("batch", "Job") => &["status.successful"],
+        ("", "PersistentVolumeClaim") => &["spec.volumeName"],
+        _ => &[],
+    }
+}
+
+/// Kinds whose objects carry a spec whose changes bump metadata.generation.
+pub fn tracks_generation(res: &ResourceDef) -> bool {
+    !matches!(
+        res.kind.as_str(),
+        "ConfigMap" | "Secret" | "Event" | "Endpoints" | "EndpointSlice" | "ServiceAccount" | "Role" | "ClusterRole" | "RoleBinding" | "ClusterRoleBinding" | "ControllerRevision" | "Lease" | "LimitRange" | "StorageClass" | "PriorityClass" | "IngressClass" | "Namespace"
+    )
+}
+
+/// The part of an object that counts as its spec for generation: everything except metadata
+/// and status.
+pub fn spec_part(obj: &Value) -> Value {
+    let mut v = obj.clone();
+    if let Some(m) = v.as_object_mut() {
+        m.remove("metadata");
+        m.remove("status");
+        m.remove("apiVersion");
+        m.remove("kind");
+    }
+    v
+}
+
+fn obj_mut<'a>(v: &'a mut Value, key: &str) -> &'a mut Map<String, Value> {
+    if !v.get(key).map(Value::is_object).unwrap_or(false) {
+        v[key] = json!({});
+    }
+    // Just made sure it is an object.
+    v.get_mut(key).and_then(Value::as_object_mut).expect("object")
+}
+
+fn default_str(m: &mut Map<String, Value>, key: &str, val: &str) {
+    if m.get(key).map(|v| v.is_null()).unwrap_or(true) {
+        m.insert(key.into(), json!(val));
+    }
+}
+
+fn default_val(m: &mut Map<String, Value>, key: &str, val: Value) {
+    if m.get(key).map(|v| v.is_null()).unwrap_or(true) {
+        m.insert(key.into(), val);
+    }
+}
+
+fn default_pod_spec(spec: &mut Value) {
+    let Some(s) = spec.as_object_mut() else { return };
+    default_str(s, "restartPolicy", "Always");
+    default_str(s, "dnsPolicy", "ClusterFirst");
+    default_str(s, "schedulerName", "default-scheduler");
+    default_val(s, "terminationGracePeriodSeconds", json!(30));
+    default_val(s, "securityContext", json!({}));
+    default_val(s, "enableServiceLinks", json!(true));
+    default_str(s, "preemptionPolicy", "PreemptLowerPriority");
+    default_val(s, "priority", json!(0));
+    if s.get("serviceAccountName").map(|v| v.is_null()).unwrap_or(true) {
+        let sa = s.get("serviceAccount").and_then(Value::as_str).unwrap_or("default").to_string();
+        s.insert("serviceAccountName".into(), json!(sa));
+    }
+    for list in ["containers", "initContainers"] {
+        if let Some(cs) = s.get_mut(list).and_then(Value::as_array_mut) {
+            for c in cs.iter_mut().filter_map(Value::as_object_mut) {
+                let image = c.get("image").and_then(Value::as_str).unwrap_or("").to_string();
+                // IfNotPresent unless the tag is :latest or missing (digests count as pinned).
+                let last = image.rsplit('/').next().unwrap_or("");
+                let always = !image.contains('@') && (!last.contains(':') || last.ends_with(":latest"));
+                default_str(c, "imagePullPolicy", if always { "Always" } else { "IfNotPresent" });
+                default_str(c, "terminationMessagePath", "/dev/termination-log");
+                default_str(c, "terminationMessagePolicy", "File");
+                default_val(c, "resources", json!({}));
+                if let Some(ports) = c.get_mut("ports").and_then(Value::as_array_mut) {
+                    for p in ports.iter_mut().filter_map(Value::as_object_mut) {
+                        default_str(p, "protocol", "TCP");
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn default_template(spec: &mut Value) {
+    if let Some(t) = spec.get_mut("template") {
+        if let Some(ps) = t.get_mut("spec") {
+            default_pod_spec(ps);
+        }
+    }
+}
+
+/// Defaults applied on create and update (as the API's defaulting functions would).
+pub fn apply_defaults(res: &ResourceDef, obj: &mut Value) {
+    match (res.group.as_str(), res.kind.as_str()) {
+        ("", "Pod") => {
+            obj_mut(obj, "spec");
+            default_pod_spec(&mut obj["spec"]);
+        }
+        ("apps", "Deployment") => {
+            let spec = obj_mut(obj, "spec");
+            default_val(spec, "replicas", json!(1));
+            default_val(spec, "revisionHistoryLimit", json!(10));
+            default_val(spec, "progressDeadlineSeconds", json!(600));
+            let strategy = spec.entry("strategy").or_insert_with(|| json!({}));
+            if let Some(st) = strategy.as_object_mut() {
+                default_str(st, "type", "RollingUpdate");
+                if st.get("type").and_then(Value::as_str) == Some("RollingUpdate") {
+                    let ru = st.entry("rollingUpdate").or_insert_with(|| json!({}));
+                    if let Some(ru) = ru.as_object_mut() {
+                        default_val(ru, "maxSurge", json!("25%"));
+                        default_val(ru, "maxUnavailable", json!("25%"));
+                    }
+                }
+            }
+            default_template(&mut obj["spec"]);
+        }
+        ("apps", "ReplicaSet") | ("", "ReplicationController") => {
+            default_val(obj_mut(obj, "spec"), "replicas", json!(1));
+            default_template(&mut obj["spec"]);
+        }
+        ("apps", "StatefulSet") => {
+            let spec = obj_mut(obj, "spec");
+            default_val(spec, "replicas", json!(1));
+            default_str(spec, "podManagementPolicy", "OrderedReady");
+            default_val(spec, "revisionHistoryLimit", json!(10));
+            default_val(spec, "updateStrategy", json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}));
+            default_template(&mut obj["spec"]);
+        }
+        ("apps", "DaemonSet") => {
+            let spec = obj_mut(obj, "spec");
+            default_val(spec, "revisionHistoryLimit", json!(10));
+            default_val(spec, "updateStrategy", json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}));
+            default_template(&mut obj["spec"]);
+        }
+        ("batch", "Job") => {
+            let spec = obj_mut(obj, "spec");
+            default_val(spec, "backoffLimit", json!(6));
+            default_val(spec, "completions", json!(1));
+            default_val(spec, "parallelism", json!(1));
+            default_str(spec, "completionMode", "NonIndexed");
+            default_val(spec, "suspend", json!(false));
+            default_template(&mut obj["spec"]);
+        }
+        ("batch", "CronJob") => {
+            let spec = obj_mut(obj, "spec");
+            default_str(spec, "concurrencyPolicy", "Allow");
+            default_val(spec, "suspend", json!(false));
+            default_val(spec, "successfulJobsHistoryLimit", json!(3));
+            default_val(spec, "failedJobsHistoryLimit", json!(1));
+            if let Some(jt) = spec.get_mut("jobTemplate").and_then(|j| j.get_mut("spec")) {
+                default_template(jt);
+            }
+        }
+        ("", "Service") => {
+            let spec = obj_mut(obj, "spec");
+            default_str(spec, "type", "ClusterIP");
+            default_str(spec, "sessionAffinity", "None");
+            if spec.get("type").and_then(Value::as_str) != Some("ExternalName") {
+                default_val(spec, "ipFamilies", json!(["IPv4"]));
+                default_str(spec, "ipFamilyPolicy", "SingleStack");
+                default_str(spec, "internalTrafficPolicy", "Cluster");
+            }
+            if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
+                for p in ports.iter_mut().filter_map(Value::as_object_mut) {
+                    default_str(p, "protocol", "TCP");
+                    if p.get("targetPort").map(Value::is_null).unwrap_or(true) {
+                        if let Some(port) = p.get("port").cloned() {
+                            p.insert("targetPort".into(), port);
+                        }
+                    }
+                }
+            }
+        }
+        ("", "Namespace") => {
+            let spec = obj_mut(obj, "spec");
+            default_val(spec, "finalizers", json!(["kubernetes"]));
+        }
+        ("", "Secret") => {
+            if let Some(m) = obj.as_object_mut() {
+                default_val(m, "type", json!("Opaque"));
+            }
+        }
+        ("", "PersistentVolume") => {
+            default_str(obj_mut(obj, "spec"), "persistentVolumeReclaimPolicy", "Retain");
+            default_str(obj_mut(obj, "spec"), "volumeMode", "Filesystem");
+        }
+        ("", "PersistentVolumeClaim") => {
+            default_str(obj_mut(obj, "spec"), "volumeMode", "Filesystem");
+        }
+        ("storage.k8s.io", "StorageClass") => {
+            if let Some(m) = obj.as_object_mut() {
+                default_str(m, "reclaimPolicy", "Delete");
+                default_str(m, "volumeBindingMode", "Immediate");
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Status an object starts with when its kind has a status subresource (spec writers cannot set
+/// it).
+pub fn initial_status(res: &ResourceDef, obj: &Value) -> Option<Value> {
+    match (res.group.as_str(), res.kind.as_str()) {
+        ("", "Pod") => Some(json!({"phase": "Pending", "qosClass": qos_class(obj)})),
+        ("", "Namespace") => Some(json!({"phase": "Active"})),
+        ("", "PersistentVolumeClaim") => Some(json!({"phase": "Pending"})),
+        ("", "PersistentVolume") => Some(json!({"phase": "Pending"})),
+        ("apiextensions.k8s.io", _) | ("", "Node") => None,
+        _ => Some(json!({})),
+    }
+}
+
+/// Guaranteed when every container has equal cpu and memory requests and limits, BestEffort when
+/// none has any, Burstable otherwise.
+pub fn qos_class(pod: &Value) -> &'static str {
+    let containers: Vec<&Value> = ["containers", "initContainers"].iter().filter_map(|l| pod["spec"][*l].as_array()).flatten().collect();
+    let mut any = false;
+    let mut guaranteed = !containers.is_empty();
+    for c in &containers {
+        let req = &c["resources"]["requests"];
+        let lim = &c["resources"]["limits"];
+        for r in ["cpu", "memory"] {
+            let (q, l) = (req.get(r).filter(|v| !v.is_null()), lim.get(r).filter(|v| !v.is_null()));
+            if q.is_some() || l.is_some() {
+                any = true;
+            }
+            // A missing request defaults to the limit.
+            match l {
+                Some(l) if q.is_none() || q == Some(l) => {}
+                _ => guaranteed = false,
+            }
+        }
+    }
+    if !any {
+        "BestEffort"
+    } else if guaranteed {
+        "Guaranteed"
+    } else {
+        "Burstable"
+    }
+}
+
+/// DNS-1123 label: lower-case alphanumerics and '-', at most 63, alphanumeric at both ends.
+pub fn is_dns1123_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes().next().map(|b| b.is_ascii_alphanumeric()).unwrap_or(false)
+        && s.bytes().last().map(|b| b.is_ascii_alphanumeric()).unwrap_or(false)
+}
+
+/// DNS-1123 subdomain: labels joined by '.', at most 253.
+pub fn is_dns1123_subdomain(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && s.bytes().next().map(|b| b.is_ascii_alphanumeric()).unwrap_or(false)
+        && s.bytes().last().map(|b| b.is_ascii_alphanumeric()).unwrap_or(false)
+}
+
+/// Kinds whose names must be DNS-1123 labels (they become DNS names or label values).
+fn name_is_label(res: &ResourceDef) -> bool {
+    matches!(res.kind.as_str(), "Namespace" | "Service")
+}
+
+/// Kinds whose names are path segments only (RBAC allows ':' in names).
+fn name_is_path_segment(res: &ResourceDef) -> bool {
+    matches!(res.kind.as_str(), "Role" | "ClusterRole" | "RoleBinding" | "ClusterRoleBinding")
+}
+
+pub fn validate_name(res: &ResourceDef, name: &str) -> Option<Cause> {
+    if name.is_empty() {
+        return Some(Cause::required("metadata.name"));
+    }
+    if name_is_path_segment(res) {
+        if name == "." || name == ".." || name.contains('/') || name.contains('%') {
+            return Some(Cause::invalid("metadata.name", name, "may not contain '/' or '%', and may not be '.' or '..'"));
+        }
+        return None;
+    }
+    if name_is_label(res) {
+        if !is_dns1123_label(name) {
+            return Some(Cause::invalid(
+                "metadata.name",
+                name,
+                "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')",
+            ));
+        }
+    } else if !is_dns1123_subdomain(name) {
+        return Some(Cause::invalid(
+            "metadata.name",
+            name,
+            "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')",
+        ));
+    }
+    None
+}
+
+fn validate_label_map(field: &str, m: &Value, causes: &mut Vec<Cause>, values_too: bool) {
+    let Some(m) = m.as_object() else { return };
+    for (k, v) in m {
+        let (prefix, name) = match k.split_once('/') {
+            Some((p, n)) => (Some(p), n),
+            None => (None, k.as_str()),
+        };
+        let name_ok = !name.is_empty()
+            && name.len() <= 63
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+            && name.bytes().next().map(|b| b.is_ascii_alphanumeric()).unwrap_or(false)
+            && name.bytes().last().map(|b| b.is_ascii_alphanumeric()).unwrap_or(false);
+        if !name_ok || prefix.map(|p| !is_dns1123_subdomain(p)).unwrap_or(false) {
+            causes.push(Cause::invalid(field, k, "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"));
+        }
+        if values_too {
+            let s = v.as_str().unwrap_or("");
+            let ok = s.is_empty()
+                || (s.len() <= 63
+                    && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+                    && s.bytes().next().map(|b| b.is_ascii_alphanumeric()).unwrap_or(false)
+                    && s.bytes().last().map(|b| b.is_ascii_alphanumeric()).unwrap_or(false));
+            if !ok {
+                causes.push(Cause::invalid(field, s, "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"));
+            }
+        }
+    }
+}
+
+fn min0(obj: &Value, path: &[&str], field: &str, causes: &mut Vec<Cause>) {
+    let mut v = obj;
+    for p in path {
+        v = &v[*p];
+    }
+    if let Some(n) = v.as_i64() {
+        if n < 0 {
+            causes.push(Cause::invalid(field, n, "must be greater than or equal to 0"));
+        }
+    }
+}
+
+fn validate_containers(spec: &Value, base: &str, causes: &mut Vec<Cause>) {
+    match spec["containers"].as_array() {
+        None => causes.push(Cause::required(format!("{base}.containers"))),
+        Some(cs) if cs.is_empty() => causes.push(Cause::required(format!("{base}.containers"))),
+        Some(cs) => {
+            let mut seen = std::collections::HashSet::new();
+            for (i, c) in cs.iter().enumerate() {
+                let name = c["name"].as_str().unwrap_or("");
+                if name.is_empty() {
+                    causes.push(Cause::required(format!("{base}.containers[{i}].name")));
+                } else if !is_dns1123_label(name) {
+                    causes.push(Cause::invalid(format!("{base}.containers[{i}].name"), name, "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character"));
+                } else if !seen.insert(name.to_string()) {
+                    causes.push(Cause::duplicate(format!("{base}.containers[{i}].name"), name));
+                }
+                if c["image"].as_str().map(str::trim).unwrap_or("").is_empty() {
+                    causes.push(Cause::required(format!("{base}.containers[{i}].image")));
+                }
+            }
+        }
+    }
+}
+
+fn selector_matches_template(obj: &Value, causes: &mut Vec<Cause>) {
+    let sel = &obj["spec"]["selector"];
+    let labels = obj["spec"]["template"]["metadata"]["labels"].as_object().cloned().unwrap_or_default();
+    match crate::selectors::LabelSelector::from_json(sel) {
+        Ok(s) if sel.is_null() || s.is_empty() => causes.push(Cause::required("spec.selector")),
+        Ok(s) => {
+            if !s.matches(&labels) {
+                causes.push(Cause::invalid("spec.template.metadata.labels", format!("{labels:?}").replace('"', ""), "`selector` does not match template `labels`"));
+            }
+        }
+        Err(e) => causes.push(Cause::invalid("spec.selector", sel, &e)),
+    }
+}
+
+/// Kind-specific validation of a whole object (create and update).
+pub fn validate(res: &ResourceDef, obj: &Value) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    validate_label_map("metadata.labels", &obj["metadata"]["labels"], &mut causes, true);
+    validate_label_map("metadata.annotations", &obj["metadata"]["annotations"], &mut causes, false);
+    match (res.group.as_str(), res.kind.as_str()) {
+        ("", "Pod") => validate_containers(&obj["spec"], "spec", &mut causes),
+        ("apps", "Deployment") | ("apps", "ReplicaSet") | ("apps", "StatefulSet") => {
+            min0(obj, &["spec", "replicas"], "spec.replicas", &mut causes);
+            selector_matches_template(obj, &mut causes);
+            validate_containers(&obj["spec"]["template"]["spec"], "spec.template.spec", &mut causes);
+        }
+        ("apps", "DaemonSet") => {
+            selector_matches_template(obj, &mut causes);
+            validate_containers(&obj["spec"]["template"]["spec"], "spec.template.spec", &mut causes);
+        }
+        ("batch", "Job") => {
+            min0(obj, &["spec", "parallelism"], "spec.parallelism", &mut causes);
+            min0(obj, &["spec", "completions"], "spec.completions", &mut causes);
+            min0(obj, &["spec", "backoffLimit"], "spec.backoffLimit", &mut causes);
+            validate_containers(&obj["spec"]["template"]["spec"], "spec.template.spec", &mut causes);
+            let rp = obj["spec"]["template"]["spec"]["restartPolicy"].as_str().unwrap_or("");
+            if rp != "Never" && rp != "OnFailure" {
+                causes.push(Cause::not_supported("spec.template.spec.restartPolicy", rp, &["OnFailure", "Never"]));
+            }
+        }
+        ("batch", "CronJob") => {
+            if obj["spec"]["schedule"].as_str().unwrap_or("").trim().is_empty() {
+                causes.push(Cause::required("spec.schedule"));
+            }
+            validate_containers(&obj["spec"]["jobTemplate"]["spec"]["template"]["spec"], "spec.jobTemplate.spec.template.spec", &mut causes);
+        }
+        ("", "Service") => {
+            let ty = obj["spec"]["type"].as_str().unwrap_or("ClusterIP");
+            if !["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"].contains(&ty) {
+                causes.push(Cause::not_supported("spec.type", ty, &["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"]));
+            }
+            if ty != "ExternalName" && obj["spec"]["ports"].as_array().map(|a| a.is_empty()).unwrap_or(true) && obj["spec"]["clusterIP"].as_str() != Some("None") {
+                causes.push(Cause::required("spec.ports"));
+            }
+            if let Some(ports) = obj["spec"]["ports"].as_array() {
+                for (i, p) in ports.iter().enumerate() {
+                    let port = p["port"].as_i64().unwrap_or(0);
+                    if !(1..=65535).contains(&port) {
+                        causes.push(Cause::invalid(format!("spec.ports[{i}].port"), port, "must be between 1 and 65535, inclusive"));
+                    }
+                    if ports.len() > 1 && p["name"].as_str().unwrap_or("").is_empty() {
+                        causes.push(Cause::required(format!("spec.ports[{i}].name")));
+                    }
+                }
+            }
+        }
+        ("", "ConfigMap") | ("", "Secret") => {
+            for field in ["data", "binaryData", "stringData"] {
+                if let Some(m) = obj[field].as_object() {
+                    for k in m.keys() {
+                        let ok = !k.is_empty() && k.len() <= 253 && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+                        if !ok {
+                            causes.push(Cause::invalid(format!("{field}[{k}]"), k, "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')"));
+                        }
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    causes
+}
+
+/// Fields that may not change once set (besides name, namespace and uid).
+pub fn immutable_fields(res: &ResourceDef, old: &Value, new: &Value) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    let mut check = |path: &[&str], field: &str| {
+        let (mut a, mut b) = (old, new);
+        for p in path {
+            a = &a[*p];
+            b = &b[*p];
+        }
+        if !a.is_null() && a != b {
+            causes.push(Cause::immutable(field));
+        }
+    };
+    match (res.group.as_str(), res.kind.as_str()) {
+        ("apps", "Deployment") | ("apps", "ReplicaSet") | ("apps", "DaemonSet") | ("apps", "StatefulSet") => check(&["spec", "selector"], "spec.selector"),
+        ("", "Service") => check(&["spec", "clusterIP"], "spec.clusterIP"),
+        ("batch", "Job") => check(&["spec", "selector"], "spec.selector"),
+        ("", "Secret") | ("", "ConfigMap") => {
+            if old["immutable"].as_bool() == Some(true) {
+                check(&["data"], "data");
+            }
+        }
+        _ => {}
+    }
+    causes
+}
+
+/// Grace period for deleting a pod: forced to 0 for unscheduled or finished pods.
+pub fn pod_grace(pod: &Value, requested: Option<i64>) -> i64 {
+    let phase = pod["status"]["phase"].as_str().unwrap_or("");
+    if pod["spec"]["nodeName"].as_str().unwrap_or("").is_empty() || phase == "Succeeded" || phase == "Failed" {
+        return 0;
+    }
+    requested.unwrap_or_else(|| pod["spec"]["terminationGracePeriodSeconds"].as_i64().unwrap_or(30)).max(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qos_follows_requests_and_limits() {
+        assert_eq!(qos_class(&json!({"spec":{"containers":[{"name":"a"}]}})), "BestEffort");
+        assert_eq!(qos_class(&json!({"spec":{"containers":[{"resources":{"requests":{"cpu":"500m","memory":"256Mi"},"limits":{"cpu":"1","memory":"512Mi"}}}]}})), "Burstable");
+        assert_eq!(qos_class(&json!({"spec":{"containers":[{"resources":{"limits":{"cpu":"1","memory":"512Mi"}}}]}})), "Guaranteed");
+    }
+
+    #[test]
+    fn names_are_checked_as_label_or_subdomain_by_kind() {
+        assert!(is_dns1123_label("web-1"));
+        assert!(!is_dns1123_label("Web"));
+        assert!(!is_dns1123_label("a.b"));
+        assert!(is_dns1123_subdomain("a.b"));
+        assert!(!is_dns1123_subdomain("-a"));
+    }
+
+    #[test]
+    fn pod_grace_is_zero_for_unscheduled_or_finished_pods() {
+        assert_eq!(pod_grace(&json!({"spec":{}}), None), 0);
+        assert_eq!(pod_grace(&json!({"spec":{"nodeName":"n1"}}), None), 30);
+        assert_eq!(pod_grace(&json!({"spec":{"nodeName":"n1","terminationGracePeriodSeconds":5}}), None), 5);
+        assert_eq!(pod_grace(&json!({"spec":{"nodeName":"n1"},"status":{"phase":"Succeeded"}}), Some(10)), 0);
+    }
+}

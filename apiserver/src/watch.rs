@@ -1,0 +1,214 @@
+//! Kubernetes watch over raftstore's watch: newline-delimited JSON events, resumed strictly
+//! after the given resourceVersion, filtered by namespace (the key range), label and field
+//! selectors. An object that stops matching is sent as DELETED and one that starts matching as
+//! ADDED. A revision below the compaction point ends the stream with a 410 ERROR event.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use raftstore::types::{Event, EventKind};
+use raftstore::watch::{WatchOut, WatchSpec};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use crate::error::{ApiError, ApiResult};
+use crate::request::{Reply, Request};
+use crate::rest::{now_unix, Target};
+use crate::store::{collection_range, decode, Freshness};
+use crate::Api;
+
+/// How often bookmarks go out when asked for.
+const BOOKMARK_INTERVAL: Duration = Duration::from_secs(30);
+
+struct Encoder {
+    kind: String,
+    api_version: String,
+    table: bool,
+    include_object: String,
+    headers_sent: bool,
+}
+
+impl Encoder {
+    fn event(&mut self, ty: &str, obj: &Value) -> Bytes {
+        let object = if self.table {
+            let rv = obj["metadata"]["resourceVersion"].as_str().unwrap_or("").to_string();
+            let t = crate::table::table(&self.kind, std::slice::from_ref(obj), &rv, None, None, &self.include_object, !self.headers_sent, now_unix());
+            self.headers_sent = true;
+            t
+        } else {
+            obj.clone()
+        };
+        line(&json!({"type": ty, "object": object}))
+    }
+
+    fn bookmark(&self, rev: i64) -> Bytes {
+        line(&json!({"type": "BOOKMARK", "object": {"kind": self.kind, "apiVersion": self.api_version, "metadata": {"resourceVersion": rev.to_string()}}}))
+    }
+}
+
+fn line(v: &Value) -> Bytes {
+    let mut s = serde_json::to_vec(v).unwrap_or_default();
+    s.push(b'\n');
+    Bytes::from(s)
+}
+
+fn error_event(e: &ApiError) -> Bytes {
+    line(&json!({"type": "ERROR", "object": e.status()}))
+}
+
+impl Api {
+    pub async fn watch(&self, req: &Request, t: &Target) -> ApiResult<Reply> {
+        let (ls, fs) = self.filter(req, &t.res)?;
+        if let Some(name) = &t.name {
+            // GET .../pods/NAME?watch=true (legacy form): the same as a name field selector.
+            let _ = name;
+        }
+        if req.query.get("sendInitialEvents").is_some() || req.query.get("resourceVersionMatch").is_some() {
+            return Err(ApiError::invalid(
+                "ListOptions",
+                "meta.k8s.io",
+                "",
+                vec![crate::error::Cause::forbidden("sendInitialEvents", "sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled")],
+            ));
+        }
+        let rv = req.query.get("resourceVersion").unwrap_or("").to_string();
+        let timeout = req.query.int("timeoutSeconds")?.filter(|s| *s > 0).map(|s| Duration::from_secs(s as u64));
+        let bookmarks = req.query.flag("allowWatchBookmarks");
+        let mut enc = Encoder {
+            kind: t.res.kind.clone(),
+            api_version: t.res.api_version(),
+            table: req.wants_table(),
+            include_object: req.query.get("includeObject").unwrap_or("Metadata").to_string(),
+            headers_sent: false,
+        };
+        let (start, end) = collection_range(&t.res, t.ns.as_deref());
+        let name_filter = t.name.clone();
+        let matches = move |v: &Value| ls.matches_object(v) && fs.matches(v) && name_filter.as_deref().map(|n| v["metadata"]["name"].as_str() == Some(n)).unwrap_or(true);
+
+        // Initial state for RV "" or "0": synthetic ADDED events, then changes after it.
+        let mut initial = Vec::new();
+        let from_rev = match rv.as_str() {
+            "" | "0" => {
+                let fresh = if rv.is_empty() { Freshness::Latest } else { Freshness::Any };
+                let page = self.store.list(&start, &end, fresh, 0, &|v: &Value| matches(v)).await?;
+                initial = page.items.into_iter().map(|(v, _)| v).collect();
+                page.revision
+            }
+            s => s.parse::<i64>().ok().filter(|v| *v >= 0).ok_or_else(|| ApiError::BadRequest(format!("invalid resource version: {s:?}")))?,
+        };
+
+        let (tx, rx) = mpsc::channel::<Bytes>(64);
+        let (out_tx, mut out_rx) = mpsc::channel::<WatchOut>(64);
+        let mut ws = self.store.replica.watch_stream(out_tx);
+        let spec = WatchSpec { key: start, range_end: end, start_revision: from_rev + 1, prev_kv: true, progress_notify: bookmarks, ..Default::default() };
+        ws.create(spec).await.map_err(|e| ApiError::Internal(format!("watch: {e}")))?;
+        let metrics = self.metrics.clone();
+        metrics.watches.inc();
+        tokio::spawn(async move {
+            let _guard = scopeguard(metrics);
+            for obj in &initial {
+                if tx.send(enc.event("ADDED", obj)).await.is_err() {
+                    return;
+                }
+            }
+            let deadline = timeout.map(|d| tokio::time::Instant::now() + d);
+            let mut tick = tokio::time::interval(BOOKMARK_INTERVAL);
+            tick.tick().await;
+            let mut last_rev = from_rev;
+            loop {
+                let sleep = async {
+                    match deadline {
+                        Some(d) => tokio::time::sleep_until(d).await,
+                        None => futures::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    h = ws.recv_hub() => {
+                        if ws.on_hub(h).await.is_err() {
+                            return;
+                        }
+                    }
+                    o = out_rx.recv() => {
+                        let Some(o) = o else { return };
+                        match o {
+                            WatchOut::Events { events, revision, .. } => {
+                                for e in &events {
+                                    if let Some(b) = convert(&mut enc, e, &matches) {
+                                        if tx.send(b).await.is_err() {
+                                            return;
+                                        }
+                                    }
+                                }
+                                last_rev = last_rev.max(revision);
+                            }
+                            WatchOut::Canceled { compact_revision, .. } if compact_revision > 0 => {
+                                let e = ApiError::Gone(format!("too old resource version: {from_rev} ({compact_revision})"));
+                                let _ = tx.send(error_event(&e)).await;
+                                return;
+                            }
+                            WatchOut::CreateFailed { reason, .. } => {
+                                let _ = tx.send(error_event(&ApiError::Internal(reason))).await;
+                                return;
+                            }
+                            WatchOut::Canceled { .. } => return,
+                            WatchOut::Progress { revision, .. } => {
+                                if bookmarks && revision > last_rev {
+                                    last_rev = revision;
+                                    if tx.send(enc.bookmark(revision)).await.is_err() {
+                                        return;
+                                    }
+                                }
+                            }
+                            WatchOut::Created { .. } => {}
+                        }
+                    }
+                    _ = tick.tick(), if bookmarks => {
+                        if ws.notify_progress().await.is_err() {
+                            return;
+                        }
+                    }
+                    _ = tx.closed() => return,
+                    _ = sleep => return,
+                }
+            }
+        });
+        Ok(Reply::Stream { content_type: "application/json", rx })
+    }
+}
+
+/// Decrements the watch gauge when the stream task ends, however it ends.
+struct WatchGuard(std::sync::Arc<crate::metrics::ApiMetrics>);
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        self.0.watches.dec();
+    }
+}
+fn scopeguard(m: std::sync::Arc<crate::metrics::ApiMetrics>) -> WatchGuard {
+    WatchGuard(m)
+}
+
+/// One store event as a Kubernetes watch event (or nothing, if it does not concern this watch).
+fn convert(enc: &mut Encoder, e: &Event, matches: &impl Fn(&Value) -> bool) -> Option<Bytes> {
+    let prev = e.prev_kv.as_ref().and_then(|kv| decode(kv).ok());
+    let was = prev.as_ref().map(matches).unwrap_or(false);
+    match e.kind {
+        EventKind::Put => {
+            let cur = decode(&e.kv).ok()?;
+            let is = matches(&cur);
+            match (was, is) {
+                (false, true) => Some(enc.event("ADDED", &cur)),
+                (true, true) => Some(enc.event("MODIFIED", &cur)),
+                (true, false) => Some(enc.event("DELETED", &cur)),
+                (false, false) => None,
+            }
+        }
+        EventKind::Delete => {
+            if !was {
+                return None;
+            }
+            let mut last = prev?;
+            crate::store::set_rv(&mut last, e.kv.mod_revision);
+            Some(enc.event("DELETED", &last))
+        }
+    }
+}

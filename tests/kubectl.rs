@@ -1,0 +1,313 @@
+//! The real kubectl (v1.33 via the dispatcher at /usr/bin/kubectl) against three replicas.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Cluster;
+
+fn up() -> Cluster {
+    let c = Cluster::up(3, &[]);
+    c.wait_api();
+    c
+}
+
+const DEPLOY: &str = r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  labels: {app: web}
+spec:
+  replicas: 3
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: nginx
+        image: nginx:1.27
+        ports:
+        - containerPort: 80
+"#;
+
+fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+#[test]
+fn version_reports_minor_33_and_discovery_lists_the_builtin_resources() {
+    let c = up();
+    let v = json(&c.kubectl_ok(&["version", "-o", "json"]));
+    assert_eq!(v["serverVersion"]["minor"], "33");
+    assert_eq!(v["serverVersion"]["major"], "1");
+    let res = c.kubectl_ok(&["api-resources", "-o", "name"]);
+    for r in ["pods", "deployments.apps", "leases.coordination.k8s.io", "customresourcedefinitions.apiextensions.k8s.io", "clusterroles.rbac.authorization.k8s.io", "endpointslices.discovery.k8s.io"] {
+        assert!(res.lines().any(|l| l == r), "{r} missing from api-resources:\n{res}");
+    }
+    let short = c.kubectl_ok(&["api-resources", "--api-group=apps"]);
+    assert!(short.contains("deploy") && short.contains("Deployment"), "{short}");
+    let raw = json(&c.kubectl_ok(&["get", "--raw", "/api/v1"]));
+    let ev = raw["resources"].as_array().and_then(|a| a.iter().find(|r| r["name"] == "pods/eviction")).cloned().unwrap_or_default();
+    assert_eq!(ev["group"], "policy");
+    // Every replica serves the same API.
+    for n in ["n2", "n3"] {
+        let out = c.kubectl_at(n, &["get", "namespaces", "-o", "name"]);
+        assert!(String::from_utf8_lossy(&out.stdout).contains("namespace/kube-system"), "{n}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+#[test]
+fn apply_twice_updates_the_image_bumps_generation_and_get_prints_kubectl_columns() {
+    let c = up();
+    let f = c.file("dep.yaml", DEPLOY);
+    assert!(c.kubectl_ok(&["apply", "-f", &f]).contains("deployment.apps/web created"));
+    let d = json(&c.kubectl_ok(&["get", "deploy", "web", "-o", "json"]));
+    assert_eq!(d["metadata"]["generation"], 1);
+    assert_eq!(d["spec"]["strategy"]["rollingUpdate"]["maxSurge"], "25%", "defaults applied");
+    assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"], "IfNotPresent");
+    assert!(d["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"].is_string());
+    let f2 = c.file("dep2.yaml", &DEPLOY.replace("nginx:1.27", "nginx:1.28"));
+    assert!(c.kubectl_ok(&["apply", "-f", &f2]).contains("deployment.apps/web configured"));
+    let d2 = json(&c.kubectl_ok(&["get", "deploy", "web", "-o", "json"]));
+    assert_eq!(d2["spec"]["template"]["spec"]["containers"][0]["image"], "nginx:1.28");
+    assert_eq!(d2["metadata"]["generation"], 2);
+    assert_eq!(d2["metadata"]["uid"], d["metadata"]["uid"]);
+    let rv1: i64 = d["metadata"]["resourceVersion"].as_str().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let rv2: i64 = d2["metadata"]["resourceVersion"].as_str().and_then(|s| s.parse().ok()).unwrap_or(0);
+    assert!(rv2 > rv1, "resourceVersion grows: {rv1} -> {rv2}");
+    // Applying the same file again changes nothing.
+    assert!(c.kubectl_ok(&["apply", "-f", &f2]).contains("unchanged"));
+    let wide = c.kubectl_ok(&["get", "deploy", "-o", "wide"]);
+    let header: Vec<&str> = wide.lines().next().unwrap_or("").split_whitespace().collect();
+    assert_eq!(header, ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE", "CONTAINERS", "IMAGES", "SELECTOR"]);
+    assert!(wide.contains("nginx:1.28") && wide.contains("app=web"), "{wide}");
+}
+
+#[test]
+fn get_output_formats_selectors_and_chunking() {
+    let c = up();
+    for i in 0..7 {
+        let tier = if i % 2 == 0 { "fe" } else { "be" };
+        c.kubectl_ok(&["apply", "-f", &c.file(&format!("cm{i}.yaml"), &format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm{i}\n  labels: {{tier: {tier}}}\ndata:\n  k: v{i}\n"))]);
+    }
+    let names = c.kubectl_ok(&["get", "cm", "-l", "tier=fe", "-o", "name"]);
+    assert_eq!(names.lines().count(), 4, "{names}");
+    let notin = c.kubectl_ok(&["get", "cm", "-l", "tier notin (fe)", "-o", "name"]);
+    assert_eq!(notin.lines().count(), 3, "{notin}");
+    let chunked = c.kubectl_ok(&["get", "cm", "--chunk-size=2", "-l", "tier", "-o", "name"]);
+    assert_eq!(chunked.lines().count(), 7, "{chunked}");
+    let jp = c.kubectl_ok(&["get", "cm", "cm3", "-o", "jsonpath={.data.k}"]);
+    assert_eq!(jp, "v3");
+    let cc = c.kubectl_ok(&["get", "cm", "-l", "tier=be", "-o", "custom-columns=N:.metadata.name,V:.data.k", "--sort-by=.data.k"]);
+    assert_eq!(cc.lines().collect::<Vec<_>>(), ["N     V", "cm1   v1", "cm3   v3", "cm5   v5"]);
+    let fs = c.kubectl_ok(&["get", "cm", "--field-selector", "metadata.name=cm2", "-o", "name"]);
+    assert_eq!(fs.trim(), "configmap/cm2");
+    let labels = c.kubectl_ok(&["get", "cm", "cm0", "--show-labels"]);
+    assert!(labels.lines().next().unwrap_or("").contains("LABELS") && labels.contains("tier=fe"), "{labels}");
+    let all = c.kubectl_ok(&["get", "cm", "-A", "-l", "tier"]);
+    assert!(all.lines().next().unwrap_or("").starts_with("NAMESPACE"), "{all}");
+    let y = c.kubectl_ok(&["get", "cm", "cm0", "-o", "yaml"]);
+    assert!(y.contains("kind: ConfigMap") && y.contains("resourceVersion:"), "{y}");
+    let bad = c.kubectl_err(&["get", "pods", "--field-selector", "spec.bogus=1"]);
+    assert!(bad.contains("field label not supported: spec.bogus"), "{bad}");
+}
+
+#[test]
+fn field_validation_is_strict_by_default_warns_when_asked_and_stores_nothing_bad() {
+    let c = up();
+    let f = c.file("bad.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: bad\n  bogusField: 1\ndata: {a: b}\n");
+    let err = c.kubectl_err(&["create", "-f", &f]);
+    assert!(err.contains("strict decoding error: unknown field \"metadata.bogusField\""), "{err}");
+    assert!(c.kubectl_err(&["get", "cm", "bad"]).contains("configmaps \"bad\" not found"));
+    let out = c.kubectl(&["create", "-f", &f, "--validate=warn"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Warning: unknown field \"metadata.bogusField\""), "{}", String::from_utf8_lossy(&out.stderr));
+    let stored = json(&c.kubectl_ok(&["get", "cm", "bad", "-o", "json"]));
+    assert!(stored["metadata"].get("bogusField").is_none());
+    // Names must be DNS-1123.
+    let f = c.file("badname.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: Bad_Name\n");
+    let err = c.kubectl_err(&["create", "-f", &f]);
+    assert!(err.contains("Invalid value: \"Bad_Name\"") && err.contains("RFC 1123"), "{err}");
+    // Wrong types are a bad request, not a crash.
+    let f = c.file("badtype.yaml", "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: x\nspec:\n  replicas: lots\n");
+    let err = c.kubectl_err(&["create", "-f", &f]);
+    assert!(err.contains("BadRequest") || err.contains("cannot be handled"), "{err}");
+    let err = c.kubectl_err(&["create", "-f", &c.file("dup.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: bad\n")]);
+    assert!(err.contains("AlreadyExists") && err.contains("configmaps \"bad\" already exists"), "{err}");
+}
+
+#[test]
+fn patch_types_label_annotate_scale_and_replace_conflicts() {
+    let c = up();
+    c.kubectl_ok(&["apply", "-f", &c.file("dep.yaml", DEPLOY)]);
+    c.kubectl_ok(&["patch", "deploy", "web", "-p", r#"{"spec":{"template":{"spec":{"containers":[{"name":"nginx","image":"nginx:2"}]}}}}"#]);
+    c.kubectl_ok(&["patch", "deploy", "web", "--type=merge", "-p", r#"{"metadata":{"annotations":{"a":"1"}}}"#]);
+    c.kubectl_ok(&["patch", "deploy", "web", "--type=json", "-p", r#"[{"op":"replace","path":"/spec/replicas","value":4}]"#]);
+    let d = json(&c.kubectl_ok(&["get", "deploy", "web", "-o", "json"]));
+    assert_eq!(d["spec"]["template"]["spec"]["containers"].as_array().map(Vec::len), Some(1), "strategic patch merges by name");
+    assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["image"], "nginx:2");
+    assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"], 80);
+    assert_eq!(d["metadata"]["annotations"]["a"], "1");
+    assert_eq!(d["spec"]["replicas"], 4);
+    let err = c.kubectl_err(&["patch", "deploy", "web", "--type=json", "-p", r#"[{"op":"test","path":"/spec/replicas","value":9}]"#]);
+    assert!(!err.is_empty());
+    c.kubectl_ok(&["label", "deploy", "web", "tier=fe"]);
+    c.kubectl_ok(&["annotate", "deploy", "web", "note=hi"]);
+    assert!(c.kubectl_err(&["label", "deploy", "web", "tier=be"]).contains("already has a value"));
+    c.kubectl_ok(&["label", "deploy", "web", "tier=be", "--overwrite"]);
+    c.kubectl_ok(&["scale", "deploy", "web", "--replicas=2"]);
+    let scale = json(&c.kubectl_ok(&["get", "--raw", "/apis/apps/v1/namespaces/default/deployments/web/scale"]));
+    assert_eq!(scale["spec"]["replicas"], 2);
+    assert_eq!(scale["status"]["selector"], "app=web");
+    // --current-replicas sends a PUT to /scale without a Content-Type.
+    c.kubectl_ok(&["scale", "deploy", "web", "--current-replicas=2", "--replicas=5"]);
+    let err = c.kubectl_err(&["scale", "deploy", "web", "--current-replicas=2", "--replicas=6"]);
+    assert!(err.contains("expected replicas to be 2"), "{err}");
+    // replace with a stale resourceVersion is a conflict.
+    let mut stale = d.clone();
+    stale["spec"]["replicas"] = serde_json::json!(7);
+    let err = c.kubectl_err(&["replace", "-f", &c.file("stale.json", &stale.to_string())]);
+    assert!(err.contains("Operation cannot be fulfilled on deployments.apps \"web\": the object has been modified"), "{err}");
+    let d = json(&c.kubectl_ok(&["get", "deploy", "web", "-o", "json"]));
+    assert_eq!(d["metadata"]["labels"]["tier"], "be");
+    assert_eq!(d["spec"]["replicas"], 5);
+}
+
+#[test]
+fn server_side_apply_creates_tracks_managers_and_reports_conflicts() {
+    let c = up();
+    let f = c.file("dep.yaml", DEPLOY);
+    assert!(c.kubectl_ok(&["apply", "--server-side", "-f", &f]).contains("serverside-applied"));
+    let d = json(&c.kubectl_ok(&["get", "deploy", "web", "-o", "json", "--show-managed-fields"]));
+    let mf = d["metadata"]["managedFields"].as_array().cloned().unwrap_or_default();
+    assert!(mf.iter().any(|m| m["manager"] == "kubectl" && m["operation"] == "Apply"), "{mf:?}");
+    // Another manager takes spec.replicas...
+    c.kubectl_ok(&["scale", "deploy", "web", "--replicas=5"]);
+    // ...so re-applying a different value conflicts, unless forced.
+    let f2 = c.file("dep2.yaml", &DEPLOY.replace("replicas: 3", "replicas: 4"));
+    let err = c.kubectl_err(&["apply", "--server-side", "-f", &f2]);
+    assert!(err.contains("conflict") && err.contains(".spec.replicas"), "{err}");
+    c.kubectl_ok(&["apply", "--server-side", "--force-conflicts", "-f", &f2]);
+    let d = json(&c.kubectl_ok(&["get", "deploy", "web", "-o", "json"]));
+    assert_eq!(d["spec"]["replicas"], 4);
+    // Dropping a field from the applied config removes it.
+    let f3 = c.file("dep3.yaml", &DEPLOY.replace("  labels: {app: web}\nspec:", "spec:"));
+    c.kubectl_ok(&["apply", "--server-side", "--force-conflicts", "-f", &f3]);
+    let d = json(&c.kubectl_ok(&["get", "deploy", "web", "-o", "json"]));
+    assert!(d["metadata"]["labels"].get("app").is_none(), "{}", d["metadata"]);
+}
+
+#[test]
+fn finalizers_hold_deletion_until_removed_and_delete_waits_for_it() {
+    let c = up();
+    c.kubectl_ok(&["apply", "-f", &c.file("cm.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: held\n  finalizers: [example.com/hold]\n")]);
+    c.kubectl_ok(&["delete", "cm", "held", "--wait=false"]);
+    let d = json(&c.kubectl_ok(&["get", "cm", "held", "-o", "json"]));
+    assert!(d["metadata"]["deletionTimestamp"].is_string(), "{d}");
+    let err = c.kubectl_err(&["patch", "cm", "held", "--type=merge", "-p", r#"{"metadata":{"finalizers":["example.com/hold","x/y"]}}"#]);
+    assert!(err.contains("no new finalizers"), "{err}");
+    // `kubectl delete` (waiting) returns once the finalizer goes.
+    let mut waiter = c.kubectl_cmd("n2", &["delete", "cm", "held", "--timeout=30s"]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().expect("kubectl");
+    std::thread::sleep(Duration::from_millis(1500));
+    c.kubectl_ok(&["patch", "cm", "held", "--type=json", "-p", r#"[{"op":"remove","path":"/metadata/finalizers"}]"#]);
+    let out = waiter.wait_with_output().expect("wait");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(c.kubectl_err(&["get", "cm", "held"]).contains("not found"));
+}
+
+#[test]
+fn watch_across_a_leader_kill_sees_every_change_in_order() {
+    let c = up();
+    let leader = c.leader().expect("leader");
+    let follower = ["n1", "n2", "n3"].into_iter().find(|n| *n != leader).expect("follower").to_string();
+    let mut w = c
+        .kubectl_cmd(&follower, &["get", "cm", "-w", "-o", "custom-columns=N:.metadata.name", "--no-headers", "--request-timeout=0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl -w");
+    std::thread::sleep(Duration::from_secs(1));
+    c.kubectl_at(&follower, &["create", "-f", &c.file("a.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: before-kill}\n")]);
+    c.script_ok(&["kill", &leader]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = c.kubectl_at(&follower, &["apply", "-f", &c.file("b.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: after-kill}\n")]);
+        if out.status.success() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no write after the leader kill: {}", String::from_utf8_lossy(&out.stderr));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let _ = w.kill();
+    let out = w.wait_with_output().expect("watch output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let names: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    assert!(names.contains(&"kube-root-ca.crt") || !names.is_empty());
+    let a = names.iter().position(|n| *n == "before-kill").unwrap_or_else(|| panic!("before-kill missing: {names:?}"));
+    let b = names.iter().position(|n| *n == "after-kill").unwrap_or_else(|| panic!("after-kill missing: {names:?}"));
+    assert!(a < b);
+    assert_eq!(names.iter().filter(|n| **n == "before-kill").count(), 1, "no repeats: {names:?}");
+}
+
+#[test]
+fn reads_on_any_replica_see_writes_made_through_another() {
+    let c = up();
+    for i in 0..20 {
+        let name = format!("lin{i}");
+        let writer = ["n1", "n2", "n3"][i % 3];
+        let reader = ["n1", "n2", "n3"][(i + 1) % 3];
+        let out = c.kubectl_at(writer, &["create", "-f", &c.file("l.yaml", &format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}}}\n"))]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = c.kubectl_at(reader, &["get", "cm", &name, "-o", "name"]);
+        assert!(out.status.success(), "replica {reader} did not see {name} written via {writer}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+#[test]
+fn services_get_unique_cluster_ips_and_node_ports_released_on_delete() {
+    let c = up();
+    let svc = |name: &str, extra: &str| format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  selector: {{app: {name}}}\n  ports:\n  - port: 80\n{extra}");
+    c.kubectl_ok(&["apply", "-f", &c.file("s1.yaml", &svc("s1", ""))]);
+    c.kubectl_ok(&["apply", "-f", &c.file("s2.yaml", &svc("s2", "  type: NodePort\n"))]);
+    let s1 = json(&c.kubectl_ok(&["get", "svc", "s1", "-o", "json"]));
+    let s2 = json(&c.kubectl_ok(&["get", "svc", "s2", "-o", "json"]));
+    let ip1 = s1["spec"]["clusterIP"].as_str().unwrap_or("").to_string();
+    assert!(ip1.starts_with("10.96."), "{ip1}");
+    assert_ne!(s1["spec"]["clusterIP"], s2["spec"]["clusterIP"]);
+    assert_eq!(s1["spec"]["ports"][0]["targetPort"], 80);
+    let np = s2["spec"]["ports"][0]["nodePort"].as_i64().unwrap_or(0);
+    assert!((30000..=32767).contains(&np), "{np}");
+    let table = c.kubectl_ok(&["get", "svc", "s2"]);
+    assert!(table.contains(&format!("80:{np}/TCP")), "{table}");
+    // The same IP cannot be taken twice...
+    let err = c.kubectl_err(&["apply", "-f", &c.file("s3.yaml", &svc("s3", &format!("  clusterIP: {ip1}\n")))]);
+    assert!(err.contains("provided IP is already allocated"), "{err}");
+    // ...until its Service is deleted.
+    c.kubectl_ok(&["delete", "svc", "s1"]);
+    c.kubectl_ok(&["apply", "-f", &c.file("s3.yaml", &svc("s3", &format!("  clusterIP: {ip1}\n")))]);
+    let ip = c.kubectl_ok(&["get", "svc", "kubernetes", "-o", "jsonpath={.spec.clusterIP}"]);
+    assert_eq!(ip, "10.96.0.1");
+}
+
+#[test]
+fn dry_run_and_namespaces_and_errors_use_kubernetes_wording() {
+    let c = up();
+    let out = c.kubectl_ok(&["apply", "-f", &c.file("d.yaml", DEPLOY), "--dry-run=server"]);
+    assert!(out.contains("(server dry run)"), "{out}");
+    assert!(c.kubectl_err(&["get", "deploy", "web"]).contains("deployments.apps \"web\" not found"));
+    let err = c.kubectl_err(&["apply", "-n", "nosuch", "-f", &c.file("d.yaml", DEPLOY)]);
+    assert!(err.contains("namespaces \"nosuch\" not found"), "{err}");
+    c.kubectl_ok(&["apply", "-f", &c.file("ns.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: team-a}\n")]);
+    c.kubectl_ok(&["apply", "-n", "team-a", "-f", &c.file("d.yaml", DEPLOY)]);
+    let all = c.kubectl_ok(&["get", "deploy", "-A", "-o", "custom-columns=NS:.metadata.namespace,N:.metadata.name", "--no-headers"]);
+    assert_eq!(all.trim(), "team-a   web");
+    let bad = c.kubectl_err(&["get", "deploy", "-l", "a in (b"]);
+    assert!(!bad.is_empty());
+    let raw = c.kubectl_err(&["get", "--raw", "/api/v1/namespaces/default/configmaps?resourceVersion=abc"]);
+    assert!(raw.contains("BadRequest") || raw.contains("invalid resource version"), "{raw}");
+    let gone = c.kubectl_err(&["get", "--raw", "/api/v1/nosuch"]);
+    assert!(gone.contains("NotFound") || gone.contains("could not find"), "{gone}");
+}
