@@ -164,7 +164,7 @@ fn patch_types_label_annotate_scale_and_replace_conflicts() {
     // --current-replicas sends a PUT to /scale without a Content-Type.
     c.kubectl_ok(&["scale", "deploy", "web", "--current-replicas=2", "--replicas=5"]);
     let err = c.kubectl_err(&["scale", "deploy", "web", "--current-replicas=2", "--replicas=6"]);
-    assert!(err.contains("expected replicas to be 2"), "{err}");
+    assert!(err.contains("Expected replicas to be 2, was 5"), "{err}");
     // replace with a stale resourceVersion is a conflict.
     let mut stale = d.clone();
     stale["spec"]["replicas"] = serde_json::json!(7);

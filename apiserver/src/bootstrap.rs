@@ -27,7 +27,7 @@ impl Api {
         let req = Request {
             method: hyper::Method::POST,
             path: String::new(),
-            query: Query::default(),
+            query: Query(vec![("fieldManager".into(), "kuberaft-bootstrap".into())]),
             headers: Default::default(),
             body: Default::default(),
             user: User { name: "system:apiserver".into(), groups: vec!["system:masters".into()] },

@@ -158,6 +158,15 @@ fn typed_check(res: &ResourceDef, mut obj: Value, raw_body: Option<&[u8]>, mode:
     }
 }
 
+/// The field manager of a write: the fieldManager parameter, else the client's name from its
+/// User-Agent ("kubectl/v1.33.1 (linux/amd64) ..." -> "kubectl"), as Kubernetes does.
+pub fn field_manager(req: &Request) -> String {
+    match req.query.get("fieldManager") {
+        Some(m) if !m.is_empty() => m.to_string(),
+        _ => req.header("user-agent").and_then(|ua| ua.split('/').next()).map(str::trim).filter(|s| !s.is_empty()).unwrap_or("unknown").to_string(),
+    }
+}
+
 fn random_suffix() -> String {
     use rand::Rng;
     // The alphabet Kubernetes uses for generateName (no vowels, no look-alikes).
@@ -338,7 +347,7 @@ impl Api {
         let body = decode_body(req)?;
         let dry = is_dry_run(req)?;
         let (obj, warnings) = self.prepare_create(req, t, body, Some(&req.body), None)?;
-        let manager = req.query.get("fieldManager").unwrap_or("").to_string();
+        let manager = field_manager(req);
         let obj = crate::managed::track_update(&t.res.kind, None, &obj, &manager, &t.res.api_version(), "", &now_rfc3339());
         let stored = self.create_object(t, obj, dry).await?;
         Ok(Reply::code(201, stored).with_warnings(warnings))
@@ -550,7 +559,7 @@ impl Api {
         F: FnMut(&Value) -> ApiResult<Value>,
     {
         let key = t.key();
-        let manager = req.query.get("fieldManager").unwrap_or("").to_string();
+        let manager = field_manager(req);
         for _ in 0..MAX_RETRIES {
             let (old, kv) = self.store.get(&key, Freshness::Latest).await?.ok_or_else(|| t.not_found())?;
             if let Some(p) = precondition {
