@@ -311,3 +311,79 @@ fn dry_run_and_namespaces_and_errors_use_kubernetes_wording() {
     let gone = c.kubectl_err(&["get", "--raw", "/api/v1/nosuch"]);
     assert!(gone.contains("NotFound") || gone.contains("could not find"), "{gone}");
 }
+
+#[test]
+fn rbac_forbids_a_user_without_rights_until_a_rolebinding_grants_them() {
+    let c = up();
+    let alice = c.path().join("alice.kubeconfig");
+    let server = format!("https://{}:6443", c.ip("n2"));
+    let out = std::process::Command::new(common::kuberaft_bin())
+        .args(["kubeconfig", "--pki"])
+        .arg(c.path().join("pki"))
+        .args(["--server", &server, "--user", "alice", "--groups", "devs", "--out"])
+        .arg(&alice)
+        .output()
+        .expect("kuberaft kubeconfig");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let as_alice = |args: &[&str]| {
+        std::process::Command::new("kubectl").arg("--kubeconfig").arg(&alice).arg("--cache-dir").arg(c.path().join("kcache-alice")).args(args).output().expect("kubectl")
+    };
+    let out = as_alice(&["get", "pods"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains(r#"pods is forbidden: User "alice" cannot list resource "pods" in API group "" in the namespace "default""#), "{err}");
+    c.kubectl_ok(&["apply", "-f", &c.file("role.yaml", "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {name: pod-reader}\nrules:\n- apiGroups: [\"\"]\n  resources: [pods]\n  verbs: [get, list, watch]\n")]);
+    c.kubectl_ok(&["apply", "-f", &c.file("rb.yaml", "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: alice-reads-pods}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: pod-reader}\nsubjects:\n- {apiGroup: rbac.authorization.k8s.io, kind: User, name: alice}\n")]);
+    let out = as_alice(&["get", "pods"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Still nothing else, and nothing outside the namespace.
+    let out = as_alice(&["get", "configmaps"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot list resource \"configmaps\""));
+    let out = as_alice(&["get", "pods", "-n", "kube-system"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in the namespace \"kube-system\""));
+    // A group binding to a bootstrap ClusterRole works too.
+    c.kubectl_ok(&["apply", "-f", &c.file("crb.yaml", "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {name: devs-view}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: view}\nsubjects:\n- {apiGroup: rbac.authorization.k8s.io, kind: Group, name: devs}\n")]);
+    let out = as_alice(&["get", "configmaps", "-n", "kube-system"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = as_alice(&["get", "secrets"]);
+    assert!(!out.status.success(), "view cannot read secrets");
+    // No credentials at all: 401.
+    let anon = c.path().join("anon.kubeconfig");
+    std::fs::write(&anon, format!("apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: \"{server}\", insecure-skip-tls-verify: true}}\nusers:\n- name: t\n  user: {{token: wrong}}\ncontexts:\n- name: c\n  context: {{cluster: c, user: t}}\ncurrent-context: c\n")).expect("write");
+    let out = std::process::Command::new("kubectl").arg("--kubeconfig").arg(&anon).arg("--cache-dir").arg(c.path().join("kcache-anon")).args(["get", "pods"]).output().expect("kubectl");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("error: You must be logged in to the server"), "{err}");
+}
+
+#[test]
+fn a_watch_from_a_compacted_revision_ends_with_410_expired() {
+    let c = up();
+    for i in 0..5 {
+        c.kubectl_ok(&["apply", "-f", &c.file("c.yaml", &format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: c{i}}}\n"))]);
+    }
+    let rv: i64 = c.kubectl_ok(&["get", "cm", "c4", "-o", "jsonpath={.metadata.resourceVersion}"]).parse().expect("rv");
+    c.etcdctl_ok(&["compaction", &rv.to_string()]);
+    let out = c.kubectl_ok(&["get", "--raw", "/api/v1/namespaces/default/configmaps?watch=1&resourceVersion=2&timeoutSeconds=5"]);
+    let ev: serde_json::Value = serde_json::from_str(out.lines().next().unwrap_or("")).expect("event JSON");
+    assert_eq!(ev["type"], "ERROR");
+    assert_eq!(ev["object"]["code"], 410);
+    assert_eq!(ev["object"]["reason"], "Expired");
+    assert!(ev["object"]["message"].as_str().unwrap_or("").starts_with("too old resource version: 2"), "{ev}");
+    // A list at an exact compacted revision is 410 too; the latest works.
+    let err = c.kubectl_err(&["get", "--raw", "/api/v1/namespaces/default/configmaps?resourceVersion=2&resourceVersionMatch=Exact"]);
+    assert!(err.contains("Expired") || err.contains("410") || err.contains("too old"), "{err}");
+    // A watch from the list RV gets only later changes, in Table form for `kubectl get -w`.
+    let list = json(&c.kubectl_ok(&["get", "--raw", "/api/v1/namespaces/default/configmaps"]));
+    let lrv = list["metadata"]["resourceVersion"].as_str().unwrap_or("").to_string();
+    let mut w = c.kubectl_cmd("n3", &["get", "--raw", &format!("/api/v1/namespaces/default/configmaps?watch=1&resourceVersion={lrv}&timeoutSeconds=4")]).stdout(std::process::Stdio::piped()).spawn().expect("watch");
+    std::thread::sleep(Duration::from_millis(500));
+    c.kubectl_ok(&["apply", "-f", &c.file("c.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: late}\n")]);
+    let _ = w.wait();
+    let mut text = String::new();
+    use std::io::Read;
+    w.stdout.take().expect("stdout").read_to_string(&mut text).expect("read");
+    let evs: Vec<serde_json::Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    assert_eq!(evs.len(), 1, "{text}");
+    assert_eq!(evs[0]["type"], "ADDED");
+    assert_eq!(evs[0]["object"]["metadata"]["name"], "late");
+}
