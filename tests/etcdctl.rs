@@ -579,6 +579,7 @@ fn snapshot_save_restores_into_fresh_replica_with_same_keys() {
         .args(["--listen-client", &format!("{ip}:2379")])
         .args(["--listen-peer", &format!("{ip}:2380")])
         .args(["--listen-metrics", &format!("{ip}:2381")])
+        .args(["--listen-api", &format!("{ip}:6443")])
         .arg("--cacert")
         .arg(p("ca.crt"))
         .arg("--cert")

@@ -387,3 +387,105 @@ fn a_watch_from_a_compacted_revision_ends_with_410_expired() {
     assert_eq!(evs[0]["type"], "ADDED");
     assert_eq!(evs[0]["object"]["metadata"]["name"], "late");
 }
+
+const CRD: &str = r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: crontabs.stable.example.com
+spec:
+  group: stable.example.com
+  scope: Namespaced
+  names: {plural: crontabs, singular: crontab, kind: CronTab, shortNames: [ct]}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    subresources: {status: {}}
+    additionalPrinterColumns:
+    - {name: Spec, type: string, jsonPath: .spec.cronSpec}
+    - {name: Replicas, type: integer, jsonPath: .spec.replicas}
+    - {name: Age, type: date, jsonPath: .metadata.creationTimestamp}
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            required: [cronSpec]
+            properties:
+              cronSpec: {type: string}
+              image: {type: string}
+              replicas: {type: integer, minimum: 1, maximum: 10, default: 1}
+          status:
+            type: object
+            properties:
+              phase: {type: string}
+"#;
+
+#[test]
+fn custom_resources_are_served_validated_pruned_and_printed_on_every_replica() {
+    let c = up();
+    c.kubectl_ok(&["apply", "-f", &c.file("crd.yaml", CRD)]);
+    let crd = json(&c.kubectl_ok(&["get", "crd", "crontabs.stable.example.com", "-o", "json"]));
+    let established = crd["status"]["conditions"].as_array().map(|a| a.iter().any(|c| c["type"] == "Established" && c["status"] == "True")).unwrap_or(false);
+    assert!(established, "{}", crd["status"]);
+    // Every replica learns the new type (each follows the CRDs through its own watch).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for n in ["n1", "n2", "n3"] {
+        loop {
+            let out = c.kubectl_at(n, &["get", "crontabs"]);
+            if out.status.success() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{n} does not serve crontabs: {}", String::from_utf8_lossy(&out.stderr));
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let ct = "apiVersion: stable.example.com/v1\nkind: CronTab\nmetadata: {name: nightly}\nspec:\n  cronSpec: '0 3 * * *'\n  image: backup:1\n";
+    c.kubectl_ok(&["apply", "-f", &c.file("ct.yaml", ct)]);
+    let obj = json(&c.kubectl_ok(&["get", "ct", "nightly", "-o", "json"]));
+    assert_eq!(obj["spec"]["replicas"], 1, "schema default applied");
+    let table = c.kubectl_at("n3", &["get", "crontabs"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    let header: Vec<&str> = text.lines().next().unwrap_or("").split_whitespace().collect();
+    assert_eq!(header, ["NAME", "SPEC", "REPLICAS", "AGE"], "{text}");
+    assert!(text.contains("0 3 * * *"), "{text}");
+    // Schema violations are 422 with the field; unknown fields are refused under Strict.
+    let bad = c.kubectl_err(&["apply", "-f", &c.file("bad.yaml", &ct.replace("image: backup:1", "replicas: 11"))]);
+    assert!(bad.contains("spec.replicas") && bad.contains("less than or equal to 10"), "{bad}");
+    let unknown = c.kubectl_err(&["apply", "-f", &c.file("unk.yaml", &format!("{ct}  bogus: 1\n"))]);
+    assert!(unknown.contains("unknown field \"spec.bogus\""), "{unknown}");
+    let missing = c.kubectl_err(&["apply", "-f", &c.file("miss.yaml", "apiVersion: stable.example.com/v1\nkind: CronTab\nmetadata: {name: x}\nspec: {image: a}\n")]);
+    assert!(missing.contains("spec.cronSpec") && missing.contains("Required value"), "{missing}");
+    // Merge patch works; strategic merge patch is refused for custom resources (as upstream).
+    c.kubectl_ok(&["patch", "ct", "nightly", "--type=merge", "-p", r#"{"spec":{"replicas":3}}"#]);
+    let err = c.kubectl_err(&["patch", "ct", "nightly", "--type=strategic", "-p", r#"{"spec":{"replicas":4}}"#]);
+    assert!(err.contains("strategic") || err.contains("UnsupportedMediaType") || err.contains("415"), "{err}");
+    let explain = c.kubectl_ok(&["explain", "crontab.spec"]);
+    assert!(explain.contains("cronSpec"), "{explain}");
+    c.kubectl_ok(&["delete", "ct", "nightly"]);
+}
+
+#[test]
+fn service_account_tokens_authenticate_until_the_account_is_deleted() {
+    let c = up();
+    c.kubectl_ok(&["apply", "-f", &c.file("sa.yaml", "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: bot}\n")]);
+    // TokenRequest through the raw API (kubectl create token sends protobuf).
+    let req = c.file("tr.json", r#"{"apiVersion":"authentication.k8s.io/v1","kind":"TokenRequest","spec":{"expirationSeconds":3600}}"#);
+    let out = c.kubectl_ok(&["create", "--raw", "/api/v1/namespaces/default/serviceaccounts/bot/token", "-f", &req]);
+    let tr = json(&out);
+    let token = tr["status"]["token"].as_str().expect("token").to_string();
+    let server = format!("https://{}:6443", c.ip("n3"));
+    let kc = c.path().join("bot.kubeconfig");
+    std::fs::write(&kc, format!("apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: \"{server}\", certificate-authority: \"{}\"}}\nusers:\n- name: bot\n  user: {{token: \"{token}\"}}\ncontexts:\n- name: c\n  context: {{cluster: c, user: bot, namespace: default}}\ncurrent-context: c\n", c.path().join("pki/ca.crt").display())).expect("write");
+    let as_bot = |args: &[&str]| std::process::Command::new("kubectl").arg("--kubeconfig").arg(&kc).arg("--cache-dir").arg(c.path().join("kcache-bot")).args(args).output().expect("kubectl");
+    let out = as_bot(&["get", "pods"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("User \"system:serviceaccount:default:bot\" cannot list resource \"pods\""), "{err}");
+    c.kubectl_ok(&["apply", "-f", &c.file("rb.yaml", "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: bot-view}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: view}\nsubjects:\n- {kind: ServiceAccount, name: bot, namespace: default}\n")]);
+    let out = as_bot(&["get", "pods"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    c.kubectl_ok(&["delete", "sa", "bot"]);
+    let out = as_bot(&["get", "pods"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("You must be logged in"), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -55,6 +55,8 @@ pub struct ResourceDef {
     pub storage: String,
     /// CRD openAPIV3Schema for custom resources.
     pub crd_schema: Option<Value>,
+    /// CRD additionalPrinterColumns (custom resources only).
+    pub printer_columns: Vec<Value>,
 }
 
 impl std::fmt::Debug for ResourceDef {
@@ -148,6 +150,7 @@ where
         typed: Some(Typed { normalize: normalize::<T>, schema: schema::<T>, schema_name: schema_name::<T> }),
         storage,
         crd_schema: None,
+        printer_columns: vec![],
     }
 }
 

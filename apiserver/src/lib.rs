@@ -6,8 +6,11 @@
 //! registry (rest.rs) serves every resource; strategy.rs holds what differs per kind.
 
 pub mod alloc;
+pub mod bench;
 pub mod bootstrap;
 pub mod catalog;
+pub mod crd;
+pub mod crd_schema;
 pub mod discovery;
 pub mod error;
 pub mod kubeconfig;
@@ -25,6 +28,7 @@ pub mod server;
 pub mod store;
 pub mod strategy;
 pub mod table;
+pub mod tokens;
 pub mod watch;
 
 use std::collections::HashMap;
@@ -53,6 +57,10 @@ pub struct ApiOptions {
     /// CSV file of bearer tokens: token,user,uid,"group1,group2".
     #[arg(long)]
     pub token_auth_file: Option<PathBuf>,
+    /// ECDSA P-256 key (PKCS#8 PEM) that signs ServiceAccount tokens; every replica needs the
+    /// same one [default: sa.key beside the CA, created if missing].
+    #[arg(long)]
+    pub service_account_key_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug)]
@@ -63,6 +71,7 @@ pub struct ApiConfig {
     pub key: PathBuf,
     pub ranges: alloc::Ranges,
     pub tokens: HashMap<String, request::User>,
+    pub sa_key: PathBuf,
 }
 
 impl ApiOptions {
@@ -87,7 +96,8 @@ impl ApiOptions {
             Some(p) => server::parse_token_file(&std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))?)?,
             None => HashMap::new(),
         };
-        Ok(ApiConfig { listen, cacert, cert, key, ranges, tokens })
+        let sa_key = self.service_account_key_file.clone().unwrap_or_else(|| cacert.parent().map(|d| d.join("sa.key")).unwrap_or_else(|| "sa.key".into()));
+        Ok(ApiConfig { listen, cacert, cert, key, ranges, tokens, sa_key })
     }
 }
 
@@ -97,6 +107,8 @@ pub struct Api {
     pub catalog: catalog::Catalog,
     pub cfg: Arc<ApiConfig>,
     pub metrics: Arc<metrics::ApiMetrics>,
+    /// Signs and checks ServiceAccount tokens (None if the key could not be loaded).
+    pub signer: Option<tokens::Signer>,
     /// OpenAPI documents by "api/v1"-style path, with their hashes; built on first use.
     openapi: Mutex<Option<Arc<OpenApiDocs>>>,
 }
@@ -108,13 +120,26 @@ pub struct OpenApiDocs {
 
 impl Api {
     pub fn new(replica: Arc<Replica>, cfg: ApiConfig) -> Arc<Api> {
+        let signer = match tokens::Signer::load_or_create(&cfg.sa_key) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!("ServiceAccount tokens disabled: {e}");
+                None
+            }
+        };
         Arc::new(Api {
+            signer,
             store: store::Store { replica },
             catalog: catalog::Catalog::new(),
             cfg: Arc::new(cfg),
             metrics: Arc::new(metrics::ApiMetrics::default()),
             openapi: Mutex::new(None),
         })
+    }
+
+    /// Drops the cached OpenAPI documents (the catalog changed).
+    pub fn invalidate_openapi(&self) {
+        *self.openapi.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     pub fn openapi_docs(&self) -> Arc<OpenApiDocs> {

@@ -138,7 +138,19 @@ fn typed_check(res: &ResourceDef, mut obj: Value, raw_body: Option<&[u8]>, mode:
         Some(k) => return Err(ApiError::BadRequest(format!("the kind in the data ({k}) does not match the expected kind ({})", res.kind))),
     }
     let Some(typed) = res.typed else {
-        return Ok((obj, vec![]));
+        // A custom resource: its CRD schema prunes unknown fields and supplies defaults.
+        let Some(schema) = &res.crd_schema else { return Ok((obj, vec![])) };
+        let mut unknown = crate::crd_schema::prune(schema, &mut obj);
+        unknown.retain(|f| !f.starts_with("metadata"));
+        crate::crd_schema::apply_defaults(schema, &mut obj);
+        return match mode {
+            Validation::Strict if !unknown.is_empty() => {
+                let errs: Vec<String> = unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect();
+                Err(ApiError::BadRequest(format!("{} in version \"{}\" cannot be handled as a {}: strict decoding error: {}", res.kind, res.version, res.kind, errs.join(", "))))
+            }
+            Validation::Warn => Ok((obj, unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect())),
+            _ => Ok((obj, vec![])),
+        };
     };
     let cannot = |e: String| ApiError::BadRequest(format!("{} in version \"{}\" cannot be handled as a {}: {e}", res.kind, res.version, res.kind));
     let normalized = (typed.normalize)(obj.clone()).map_err(cannot)?;
@@ -192,7 +204,7 @@ impl Api {
         let (obj, _) = self.store.get(&t.key(), fresh).await?.ok_or_else(|| t.not_found())?;
         if req.wants_table() {
             let rv = meta(&obj)["resourceVersion"].as_str().unwrap_or("").to_string();
-            return Ok(Reply::ok(crate::table::table(&t.res.kind, &[obj], &rv, None, None, req.query.get("includeObject").unwrap_or("Metadata"), true, now_unix())));
+            return Ok(Reply::ok(table_of(&t.res, &[obj], &rv, None, req.query.get("includeObject").unwrap_or("Metadata"), true)));
         }
         Ok(Reply::ok(obj))
     }
@@ -251,7 +263,7 @@ impl Api {
         let cont = page.next_key.as_ref().map(|k| encode_continue(page.revision, k));
         let items: Vec<Value> = page.items.into_iter().map(|(v, _)| v).collect();
         if req.wants_table() {
-            return Ok(Reply::ok(crate::table::table(&t.res.kind, &items, &rv, cont.as_deref(), None, req.query.get("includeObject").unwrap_or("Metadata"), true, now_unix())));
+            return Ok(Reply::ok(table_of(&t.res, &items, &rv, cont.as_deref(), req.query.get("includeObject").unwrap_or("Metadata"), true)));
         }
         let mut md = json!({"resourceVersion": rv});
         if let Some(c) = cont {
@@ -333,6 +345,9 @@ impl Api {
             }
         }
         strategy::apply_defaults(res, &mut obj);
+        if res.group == "apiextensions.k8s.io" && res.kind == "CustomResourceDefinition" {
+            obj["status"] = crate::crd::crd_status(&obj, &now_rfc3339());
+        }
         if res.kind == "Pod" && res.group.is_empty() {
             obj["status"]["qosClass"] = json!(strategy::qos_class(&obj));
         }
@@ -474,6 +489,12 @@ impl Api {
             }
         }
         strategy::apply_defaults(res, &mut new);
+        if res.group == "apiextensions.k8s.io" && res.kind == "CustomResourceDefinition" && sub.is_none() {
+            let accepted = new["spec"]["names"].clone();
+            if old["status"]["acceptedNames"] != accepted || old["spec"]["versions"] != new["spec"]["versions"] {
+                new["status"] = crate::crd::crd_status(&new, &now_rfc3339());
+            }
+        }
         let mut causes = strategy::validate(res, &new);
         causes.extend(strategy::immutable_fields(res, old, &new));
         if !causes.is_empty() {
@@ -890,6 +911,15 @@ impl Api {
         }
         let rv = self.store.current_revision().to_string();
         Ok(Reply::ok(json!({"kind": t.res.list_kind, "apiVersion": t.res.api_version(), "metadata": {"resourceVersion": rv}, "items": deleted})))
+    }
+}
+
+/// Server-side printing: the built-in printers, or the CRD's columns for custom resources.
+pub fn table_of(res: &ResourceDef, objs: &[Value], rv: &str, cont: Option<&str>, include_object: &str, with_headers: bool) -> Value {
+    if res.typed.is_none() {
+        crate::crd::table(res, objs, rv, cont, include_object, with_headers, now_unix())
+    } else {
+        crate::table::table(&res.kind, objs, rv, cont, None, include_object, with_headers, now_unix())
     }
 }
 

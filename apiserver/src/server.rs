@@ -83,6 +83,7 @@ pub async fn serve(api: Arc<Api>, listener: tokio::net::TcpListener) -> anyhow::
     let tls = tls_config(&api.cfg.cacert, &api.cfg.cert, &api.cfg.key)?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     tokio::spawn(crate::bootstrap::run(api.clone()));
+    tokio::spawn(crate::crd::follow(api.clone()));
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -118,12 +119,15 @@ pub async fn serve(api: Arc<Api>, listener: tokio::net::TcpListener) -> anyhow::
     }
 }
 
-fn authenticate(api: &Api, req: &hyper::Request<Incoming>, cert_user: Option<User>) -> Option<User> {
+/// Bearer token (static file, then ServiceAccount JWT) or client certificate. A request that
+/// presents a bad token is not authenticated by its certificate either.
+async fn authenticate(api: &Api, req: &hyper::Request<Incoming>, cert_user: Option<User>) -> Option<User> {
     if let Some(auth) = req.headers().get("authorization").and_then(|v| v.to_str().ok()) {
-        if let Some(tok) = auth.strip_prefix("Bearer ").map(str::trim) {
-            return api.cfg.tokens.get(tok).cloned();
+        let tok = auth.strip_prefix("Bearer ").map(str::trim)?;
+        if let Some(u) = api.cfg.tokens.get(tok) {
+            return Some(u.clone());
         }
-        return None;
+        return api.authenticate_token(tok).await;
     }
     cert_user
 }
@@ -136,7 +140,7 @@ async fn handle(api: Arc<Api>, req: hyper::Request<Incoming>, cert_user: Option<
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let user = authenticate(&api, &req, cert_user);
+    let user = authenticate(&api, &req, cert_user).await;
     let (parts, body) = req.into_parts();
     let query = Query::parse(parts.uri.query());
     let user = match user {
@@ -407,6 +411,7 @@ async fn resource_request(api: &Arc<Api>, req: &Request, group: &str, version: &
         ("create", None) => api.create(req, &t).await,
         ("create", Some("binding")) => api.bind(req, &t).await,
         ("create", Some("eviction")) => api.evict(req, &t).await,
+        ("create", Some("token")) => api.token_request(req, &t).await,
         ("update", None) | ("update", Some("status")) | ("update", Some("scale")) | ("update", Some("finalize")) => api.update(req, &t).await,
         ("patch", None) | ("patch", Some("status")) | ("patch", Some("scale")) => api.patch(req, &t).await,
         ("delete", None) => api.delete(req, &t).await,

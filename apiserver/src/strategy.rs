@@ -419,7 +419,14 @@ pub fn validate(res: &ResourceDef, obj: &Value) -> Vec<Cause> {
     let mut causes = Vec::new();
     validate_label_map("metadata.labels", &obj["metadata"]["labels"], &mut causes, true);
     validate_label_map("metadata.annotations", &obj["metadata"]["annotations"], &mut causes, false);
+    if let (None, Some(schema)) = (&res.typed, &res.crd_schema) {
+        for e in crate::crd_schema::validate(schema, obj) {
+            causes.push(Cause { reason: e.reason, field: e.field, message: e.message });
+        }
+        return causes;
+    }
     match (res.group.as_str(), res.kind.as_str()) {
+        ("apiextensions.k8s.io", "CustomResourceDefinition") => causes.extend(crate::crd::validate_crd(obj)),
         ("", "Pod") => validate_containers(&obj["spec"], "spec", &mut causes),
         ("apps", "Deployment") | ("apps", "ReplicaSet") | ("apps", "StatefulSet") => {
             min0(obj, &["spec", "replicas"], "spec.replicas", &mut causes);

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use crate::error::{ApiError, ApiResult};
 use crate::request::{Reply, Request};
-use crate::rest::{now_unix, Target};
+use crate::rest::Target;
 use crate::store::{collection_range, decode, Freshness};
 use crate::Api;
 
@@ -21,6 +21,7 @@ use crate::Api;
 const BOOKMARK_INTERVAL: Duration = Duration::from_secs(30);
 
 struct Encoder {
+    res: std::sync::Arc<crate::catalog::ResourceDef>,
     kind: String,
     api_version: String,
     table: bool,
@@ -32,7 +33,7 @@ impl Encoder {
     fn event(&mut self, ty: &str, obj: &Value) -> Bytes {
         let object = if self.table {
             let rv = obj["metadata"]["resourceVersion"].as_str().unwrap_or("").to_string();
-            let t = crate::table::table(&self.kind, std::slice::from_ref(obj), &rv, None, None, &self.include_object, !self.headers_sent, now_unix());
+            let t = crate::rest::table_of(&self.res, std::slice::from_ref(obj), &rv, None, &self.include_object, !self.headers_sent);
             self.headers_sent = true;
             t
         } else {
@@ -75,6 +76,7 @@ impl Api {
         let timeout = req.query.int("timeoutSeconds")?.filter(|s| *s > 0).map(|s| Duration::from_secs(s as u64));
         let bookmarks = req.query.flag("allowWatchBookmarks");
         let mut enc = Encoder {
+            res: t.res.clone(),
             kind: t.res.kind.clone(),
             api_version: t.res.api_version(),
             table: req.wants_table(),

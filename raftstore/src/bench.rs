@@ -68,7 +68,7 @@ fn start_kuberaft(o: &BenchOptions, pki: &Path) -> anyhow::Result<Procs> {
             .args(["server", "--name", &name])
             .arg("--data-dir")
             .arg(dir.join("data"))
-            .args(["--listen-client", &format!("{ip}:2379"), "--listen-peer", &format!("{ip}:2380"), "--listen-metrics", &format!("{ip}:2381")])
+            .args(["--listen-client", &format!("{ip}:2379"), "--listen-peer", &format!("{ip}:2380"), "--listen-metrics", &format!("{ip}:2381"), "--listen-api", &format!("{ip}:6443")])
             .args(["--initial-cluster", &initial.join(","), "--cluster-token", "bench"])
             .arg("--cacert")
             .arg(pki.join("ca.crt"))

@@ -95,6 +95,11 @@ pub fn generate(dir: &Path, hosts: &[String]) -> Result<(), CertError> {
     use ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
     issue(dir, &ca, "server", "kuberaft", &[], &sans, &[ServerAuth, ClientAuth])?;
     issue(dir, &ca, "client", "admin", &["system:masters"], &[], &[ClientAuth])?;
+    // The ServiceAccount token signing key: made once, shared by every replica.
+    let sa = dir.join("sa.key");
+    if !sa.exists() {
+        write(&sa, &KeyPair::generate()?.serialize_pem(), true)?;
+    }
     Ok(())
 }
 
@@ -109,7 +114,7 @@ mod tests {
         let ca1 = std::fs::read_to_string(d.path().join("ca.crt")).unwrap();
         generate(d.path(), &["127.0.0.12".into()]).unwrap();
         assert_eq!(ca1, std::fs::read_to_string(d.path().join("ca.crt")).unwrap(), "the CA is reused");
-        for f in ["server.crt", "server.key", "client.crt", "client.key"] {
+        for f in ["server.crt", "server.key", "client.crt", "client.key", "sa.key"] {
             assert!(d.path().join(f).exists(), "{f}");
         }
     }
