@@ -1,0 +1,91 @@
+//! The `kube` crate (kube-rs) as a client of three replicas: typed CRUD, merge and server-side
+//! apply patches, the scale subresource, and kube-runtime's watcher.
+
+mod common;
+
+use std::time::Duration;
+
+use common::Cluster;
+use futures::TryStreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+
+async fn client(c: &Cluster, replica: &str) -> kube::Client {
+    let kc = kube::config::Kubeconfig::read_from(c.path().join(replica).join("kubeconfig")).expect("kubeconfig");
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await.expect("config");
+    kube::Client::try_from(cfg).expect("client")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_rs_crud_patch_apply_scale_and_watcher_work() {
+    let c = Cluster::up(3, &[]);
+    c.wait_api();
+    let cl = client(&c, "n2").await;
+    let info = cl.apiserver_version().await.expect("version");
+    assert_eq!(info.minor, "33");
+
+    let cms: Api<ConfigMap> = Api::namespaced(cl.clone(), "default");
+    // kube-runtime's watcher: list (limit=500) then watch with bookmarks, as controllers do.
+    let events = tokio::spawn({
+        let cms = cms.clone();
+        async move {
+            let mut seen = Vec::new();
+            let stream = watcher(cms, watcher::Config::default().labels("from=kube-rs"));
+            let mut stream = std::pin::pin!(stream);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, stream.try_next()).await.unwrap_or(Ok(None)) {
+                match ev {
+                    watcher::Event::Apply(cm) => seen.push(format!("apply:{}", cm.metadata.name.unwrap_or_default())),
+                    watcher::Event::Delete(cm) => {
+                        seen.push(format!("delete:{}", cm.metadata.name.unwrap_or_default()));
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            seen
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let cm: ConfigMap = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "rs", "labels": {"from": "kube-rs"}}, "data": {"a": "1"}
+    }))
+    .expect("cm");
+    let created = cms.create(&PostParams::default(), &cm).await.expect("create");
+    assert!(created.metadata.uid.is_some());
+    cms.patch("rs", &PatchParams::default(), &Patch::Merge(serde_json::json!({"data": {"b": "2"}}))).await.expect("merge patch");
+    let applied = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "rs", "labels": {"from": "kube-rs"}}, "data": {"c": "3"}});
+    cms.patch("rs", &PatchParams::apply("kube-rs-test"), &Patch::Apply(applied)).await.expect("apply");
+    let got = cms.get("rs").await.expect("get");
+    let data = got.data.unwrap_or_default();
+    assert_eq!(data.get("c").map(String::as_str), Some("3"));
+    let managers: Vec<String> = got.metadata.managed_fields.unwrap_or_default().into_iter().filter_map(|m| m.manager).collect();
+    assert!(managers.iter().any(|m| m == "kube-rs-test"), "{managers:?}");
+    let list = cms.list(&ListParams::default().labels("from=kube-rs")).await.expect("list");
+    assert_eq!(list.items.len(), 1);
+    assert!(list.metadata.resource_version.is_some());
+    cms.delete("rs", &DeleteParams::default()).await.expect("delete");
+    let seen = events.await.expect("watcher task");
+    assert!(seen.first().map(|s| s == "apply:rs").unwrap_or(false), "{seen:?}");
+    assert_eq!(seen.last().map(String::as_str), Some("delete:rs"), "{seen:?}");
+
+    let deps: Api<Deployment> = Api::namespaced(cl.clone(), "default");
+    let d: Deployment = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "rs-web"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "rs-web"}},
+                 "template": {"metadata": {"labels": {"app": "rs-web"}}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}
+    }))
+    .expect("deployment");
+    deps.create(&PostParams::default(), &d).await.expect("create deployment");
+    let scale = deps.patch_scale("rs-web", &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"replicas": 3}}))).await.expect("scale");
+    assert_eq!(scale.spec.and_then(|s| s.replicas), Some(3));
+    assert_eq!(deps.get("rs-web").await.expect("get").spec.and_then(|s| s.replicas), Some(3));
+    let missing = cms.get("nope").await.expect_err("missing");
+    match missing {
+        kube::Error::Api(s) => assert_eq!(s.code, 404),
+        other => panic!("unexpected error {other:?}"),
+    }
+}
