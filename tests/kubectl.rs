@@ -209,7 +209,7 @@ fn finalizers_hold_deletion_until_removed_and_delete_waits_for_it() {
     let err = c.kubectl_err(&["patch", "cm", "held", "--type=merge", "-p", r#"{"metadata":{"finalizers":["example.com/hold","x/y"]}}"#]);
     assert!(err.contains("no new finalizers"), "{err}");
     // `kubectl delete` (waiting) returns once the finalizer goes.
-    let mut waiter = c.kubectl_cmd("n2", &["delete", "cm", "held", "--timeout=30s"]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().expect("kubectl");
+    let waiter = c.kubectl_cmd("n2", &["delete", "cm", "held", "--timeout=30s"]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().expect("kubectl");
     std::thread::sleep(Duration::from_millis(1500));
     c.kubectl_ok(&["patch", "cm", "held", "--type=json", "-p", r#"[{"op":"remove","path":"/metadata/finalizers"}]"#]);
     let out = waiter.wait_with_output().expect("wait");
@@ -488,4 +488,54 @@ fn service_account_tokens_authenticate_until_the_account_is_deleted() {
     c.kubectl_ok(&["delete", "sa", "bot"]);
     let out = as_bot(&["get", "pods"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("You must be logged in"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Kills the child process on drop.
+struct Kill(std::process::Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn logs_and_exec_are_proxied_to_the_node_with_the_apiserver_certificate() {
+    let c = up();
+    // A stand-in node daemon on an address the cluster's server certificate covers.
+    let ip = c.ip("n6");
+    let pki = c.path().join("pki");
+    let mut node = std::process::Command::new("/usr/bin/python3")
+        .arg(common::repo_root().join("tests/clients/fake_node.py"))
+        .args([ip.as_str(), "10250"])
+        .arg(pki.join("server.crt"))
+        .arg(pki.join("server.key"))
+        .arg(pki.join("ca.crt"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("fake node");
+    let mut ready = String::new();
+    use std::io::BufRead;
+    std::io::BufReader::new(node.stdout.take().expect("stdout")).read_line(&mut ready).expect("ready line");
+    assert_eq!(ready.trim(), "ready");
+    let _node = Kill(node);
+    let node_yaml = format!("apiVersion: v1\nkind: Node\nmetadata: {{name: fake-1}}\nstatus:\n  addresses:\n  - {{type: InternalIP, address: \"{ip}\"}}\n  daemonEndpoints:\n    kubeletEndpoint: {{Port: 10250}}\n");
+    c.kubectl_ok(&["apply", "-f", &c.file("node.yaml", &node_yaml)]);
+    c.kubectl_ok(&["apply", "-f", &c.file("pod.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: p1}\nspec:\n  nodeName: fake-1\n  containers:\n  - {name: app, image: busybox}\n  - {name: side, image: busybox}\n")]);
+    let logs = c.kubectl_ok(&["logs", "p1", "-c", "side", "--tail=5"]);
+    assert!(logs.contains("log line 1 of default/p1/side"), "{logs}");
+    assert!(logs.contains("caller kuberaft"), "the node saw the apiserver's client certificate: {logs}");
+    assert!(logs.contains("tailLines 5"), "{logs}");
+    let err = c.kubectl_err(&["logs", "p1", "-c", "nope"]);
+    assert!(err.contains("container nope is not valid for pod p1"), "{err}");
+    let out = c.kubectl(&["exec", "p1", "-c", "app", "--", "echo", "hi"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ran echo hi in app for kuberaft\n");
+    let out = c.kubectl(&["exec", "p1", "-c", "app", "--", "false"]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("command terminated with exit code 1"), "{}", String::from_utf8_lossy(&out.stderr));
+    // A pod that is not scheduled has nowhere to stream from.
+    c.kubectl_ok(&["apply", "-f", &c.file("pod2.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: p2}\nspec:\n  containers:\n  - {name: app, image: busybox}\n")]);
+    let err = c.kubectl_err(&["logs", "p2"]);
+    assert!(err.contains("does not have a host assigned"), "{err}");
 }

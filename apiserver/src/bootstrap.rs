@@ -31,6 +31,7 @@ impl Api {
             headers: Default::default(),
             body: Default::default(),
             user: User { name: "system:apiserver".into(), groups: vec!["system:masters".into()] },
+            upgrade: std::sync::Mutex::new(None),
         };
         if self.store.get(&Target { name: Some(name), ..t.clone() }.key(), crate::store::Freshness::Latest).await?.is_some() {
             return Ok(());

@@ -20,6 +20,7 @@ pub mod openapi;
 pub mod patch;
 pub mod pods;
 pub mod protobuf;
+pub mod proxy;
 pub mod rbac;
 pub mod request;
 pub mod rest;
@@ -109,6 +110,8 @@ pub struct Api {
     pub metrics: Arc<metrics::ApiMetrics>,
     /// Signs and checks ServiceAccount tokens (None if the key could not be loaded).
     pub signer: Option<tokens::Signer>,
+    /// TLS to node daemons: the cluster CA and this replica's certificate as client identity.
+    pub node_tls: Option<Arc<rustls::ClientConfig>>,
     /// OpenAPI documents by "api/v1"-style path, with their hashes; built on first use.
     openapi: Mutex<Option<Arc<OpenApiDocs>>>,
 }
@@ -127,8 +130,16 @@ impl Api {
                 None
             }
         };
+        let node_tls = match proxy::node_tls(&cfg.cacert, &cfg.cert, &cfg.key) {
+            Ok(c) => Some(Arc::new(c)),
+            Err(e) => {
+                tracing::warn!("cannot reach node daemons (logs, exec): {e}");
+                None
+            }
+        };
         Arc::new(Api {
             signer,
+            node_tls,
             store: store::Store { replica },
             catalog: catalog::Catalog::new(),
             cfg: Arc::new(cfg),

@@ -55,6 +55,8 @@ pub struct Request {
     pub headers: HeaderMap,
     pub body: Bytes,
     pub user: User,
+    /// The connection upgrade (exec, attach, port-forward), taken by the proxy.
+    pub upgrade: std::sync::Mutex<Option<hyper::upgrade::OnUpgrade>>,
 }
 
 impl Request {
@@ -72,6 +74,8 @@ impl Request {
 
 /// What a handler answers.
 pub enum Reply {
+    /// A finished HTTP response from elsewhere (the node), passed through as is.
+    Proxied(hyper::Response<http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>>),
     Json { code: u16, body: Value, warnings: Vec<String>, headers: HashMap<&'static str, String> },
     /// A streamed body (watch, logs): chunks as they come.
     Stream { content_type: &'static str, rx: tokio::sync::mpsc::Receiver<Bytes> },

@@ -141,7 +141,8 @@ async fn handle(api: Arc<Api>, req: hyper::Request<Incoming>, cert_user: Option<
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let user = authenticate(&api, &req, cert_user).await;
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    let upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
     let query = Query::parse(parts.uri.query());
     let user = match user {
         Some(u) => u,
@@ -157,7 +158,7 @@ async fn handle(api: Arc<Api>, req: hyper::Request<Incoming>, cert_user: Option<
             return error_response(&ApiError::BadRequest(format!("cannot read the request body: {e}")));
         }
     };
-    let request = Request { method: method.clone(), path: path.clone(), query, headers: parts.headers, body, user };
+    let request = Request { method: method.clone(), path: path.clone(), query, headers: parts.headers, body, user, upgrade: std::sync::Mutex::new(upgrade) };
     let mut verb = String::from("other");
     let mut resource = String::new();
     let res = route(&api, &request, &mut verb, &mut resource).await;
@@ -183,6 +184,7 @@ fn error_response(e: &ApiError) -> Response<Body> {
 
 fn reply_response(r: Reply) -> Response<Body> {
     match r {
+        Reply::Proxied(resp) => resp,
         Reply::Json { code, body, warnings, headers } => {
             let mut b = Response::builder().status(StatusCode::from_u16(code).unwrap_or(StatusCode::OK)).header("content-type", "application/json");
             for w in warnings {
@@ -388,11 +390,16 @@ async fn resource_request(api: &Arc<Api>, req: &Request, group: &str, version: &
         _ => return Err(ApiError::MethodNotAllowed),
     };
     *verb_out = verb.to_string();
+    // Streaming into a pod is a create whatever the method (a WebSocket upgrade is a GET).
+    let authz_verb = match sub.as_deref() {
+        Some("exec" | "attach" | "portforward") => "create",
+        _ => verb,
+    };
     if !req.user.is_master() {
         let attrs = crate::rbac::Attributes {
             user: req.user.name.clone(),
             groups: req.user.groups.clone(),
-            verb: verb.into(),
+            verb: authz_verb.into(),
             resource_request: true,
             api_group: group.into(),
             resource: res.plural.clone(),
@@ -416,7 +423,7 @@ async fn resource_request(api: &Arc<Api>, req: &Request, group: &str, version: &
         ("patch", None) | ("patch", Some("status")) | ("patch", Some("scale")) => api.patch(req, &t).await,
         ("delete", None) => api.delete(req, &t).await,
         ("deletecollection", None) => api.delete_collection(req, &t).await,
-        (_, Some(s @ ("log" | "exec" | "attach" | "portforward"))) => Err(ApiError::Unavailable(format!("pods/{s} is not available: this cluster has no node daemon serving it yet"))),
+        ("get", Some(s @ "log")) | ("get" | "create", Some(s @ ("exec" | "attach" | "portforward"))) => api.proxy_to_node(req, &t, s).await,
         _ => Err(ApiError::MethodNotAllowed),
     }
 }
