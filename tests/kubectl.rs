@@ -539,3 +539,52 @@ fn logs_and_exec_are_proxied_to_the_node_with_the_apiserver_certificate() {
     let err = c.kubectl_err(&["logs", "p2"]);
     assert!(err.contains("does not have a host assigned"), "{err}");
 }
+
+#[test]
+fn limit_ranges_default_container_resources_and_quotas_refuse_what_exceeds_them() {
+    let c = up();
+    c.kubectl_ok(&["apply", "-f", &c.file("lr.yaml", "apiVersion: v1\nkind: LimitRange\nmetadata: {name: defaults}\nspec:\n  limits:\n  - type: Container\n    default: {cpu: 500m, memory: 128Mi}\n    defaultRequest: {cpu: 100m}\n    max: {cpu: '1'}\n")]);
+    c.kubectl_ok(&["apply", "-f", &c.file("q.yaml", "apiVersion: v1\nkind: ResourceQuota\nmetadata: {name: small}\nspec:\n  hard: {pods: '2', requests.cpu: 250m, count/configmaps: '3'}\n")]);
+    let pod = |n: &str| format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {n}}}\nspec:\n  containers:\n  - {{name: app, image: busybox}}\n");
+    c.kubectl_ok(&["apply", "-f", &c.file("p1.yaml", &pod("p1"))]);
+    let p1 = json(&c.kubectl_ok(&["get", "pod", "p1", "-o", "json"]));
+    let r = &p1["spec"]["containers"][0]["resources"];
+    assert_eq!(r["limits"]["cpu"], "500m");
+    assert_eq!(r["limits"]["memory"], "128Mi");
+    assert_eq!(r["requests"]["cpu"], "100m");
+    assert_eq!(r["requests"]["memory"], "128Mi", "requests default to the default limits");
+    assert_eq!(p1["status"]["qosClass"], "Burstable");
+    c.kubectl_ok(&["apply", "-f", &c.file("p2.yaml", &pod("p2"))]);
+    // 100m + 100m used; a third pod would be the third and exceed 250m.
+    let err = c.kubectl_err(&["apply", "-f", &c.file("p3.yaml", &pod("p3"))]);
+    assert!(err.contains("exceeded quota: small") && err.contains("pods=1") && err.contains("limited:"), "{err}");
+    let q = json(&c.kubectl_ok(&["get", "quota", "small", "-o", "json"]));
+    assert_eq!(q["status"]["used"]["pods"], "2", "{}", q["status"]);
+    let big = c.kubectl_err(&["apply", "-f", &c.file("big.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: big}\nspec:\n  containers:\n  - name: app\n    image: busybox\n    resources: {limits: {cpu: '2'}}\n")]);
+    assert!(big.contains("maximum cpu usage per Container is 1, but limit is 2"), "{big}");
+    // Object counts: bootstrap put no configmaps here, so three fit and the fourth does not.
+    for i in 0..3 {
+        c.kubectl_ok(&["apply", "-f", &c.file("cm.yaml", &format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: q{i}}}\n"))]);
+    }
+    let err = c.kubectl_err(&["apply", "-f", &c.file("cm.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: q3}\n")]);
+    assert!(err.contains("exceeded quota: small, requested: count/configmaps=1, used: count/configmaps=3, limited: count/configmaps=3"), "{err}");
+}
+
+#[test]
+fn concurrent_creates_through_every_replica_never_exceed_a_quota() {
+    let c = up();
+    c.kubectl_ok(&["apply", "-f", &c.file("q.yaml", "apiVersion: v1\nkind: ResourceQuota\nmetadata: {name: five}\nspec:\n  hard: {count/configmaps: '5'}\n")]);
+    let handles: Vec<_> = (0..12)
+        .map(|i| {
+            let args = c.kubectl_cmd(["n1", "n2", "n3"][i % 3], &["create", "--raw", "/api/v1/namespaces/default/configmaps", "-f", &c.file(&format!("c{i}.json"), &format!(r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"race{i}"}}}}"#))]);
+            std::thread::spawn(move || {
+                let mut args = args;
+                args.output().map(|o| o.status.success()).unwrap_or(false)
+            })
+        })
+        .collect();
+    let ok = handles.into_iter().map(|h| h.join().unwrap_or(false)).filter(|x| *x).count();
+    let stored = c.kubectl_ok(&["get", "cm", "-o", "name"]).lines().filter(|l| l.contains("race")).count();
+    assert_eq!(stored, ok, "every success is stored");
+    assert_eq!(stored, 5, "exactly the quota");
+}

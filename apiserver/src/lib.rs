@@ -5,6 +5,7 @@
 //! the object's revision, and watches stream from the replica's applied state. One generic
 //! registry (rest.rs) serves every resource; strategy.rs holds what differs per kind.
 
+pub mod admission;
 pub mod alloc;
 pub mod bench;
 pub mod bootstrap;

@@ -369,24 +369,32 @@ impl Api {
     }
 
     /// Writes a prepared new object. Shared by POST and server-side apply of a missing object.
-    pub async fn create_object(&self, t: &Target, mut obj: Value, dry: bool) -> ApiResult<Value> {
+    /// Admission (LimitRange, ResourceQuota) and allocation run here, again on every retry.
+    pub async fn create_object(&self, t: &Target, obj: Value, dry: bool) -> ApiResult<Value> {
         let name = meta(&obj)["name"].as_str().unwrap_or("").to_string();
         if t.res.namespaced {
             let ns = meta(&obj)["namespace"].as_str().unwrap_or("").to_string();
             self.check_namespace(&ns).await?;
         }
         let target = Target { name: Some(name.clone()), ..t.clone() };
-        let extra = self.allocate(&target, &mut obj, dry).await?;
-        if dry {
-            return Ok(obj);
-        }
-        match self.store.create(&target.key(), &obj, extra).await? {
-            Some(rev) => {
-                crate::store::set_rv(&mut obj, rev);
-                Ok(obj)
+        for _ in 0..MAX_RETRIES {
+            let mut obj = obj.clone();
+            self.admit_limit_ranges(&target, &mut obj).await?;
+            let guards = self.admit_quota(&target, &obj).await?;
+            let extra = self.allocate(&target, &mut obj, dry).await?;
+            if dry {
+                return Ok(obj);
             }
-            None => Err(ApiError::AlreadyExists { gr: t.res.gr(), name }),
+            match self.store.create(&target.key(), &obj, extra, guards).await? {
+                crate::store::Created::Done(rev) => {
+                    crate::store::set_rv(&mut obj, rev);
+                    return Ok(obj);
+                }
+                crate::store::Created::Exists => return Err(ApiError::AlreadyExists { gr: t.res.gr(), name }),
+                crate::store::Created::Raced => continue,
+            }
         }
+        Err(ApiError::Timeout(format!("could not create {} \"{name}\": too many concurrent changes to its quota or allocations", t.res.gr())))
     }
 
     /// Allocations that must be unique cluster-wide (Service ClusterIPs and NodePorts): returned

@@ -68,6 +68,21 @@ pub enum Freshness {
     Exact(i64),
 }
 
+/// An object a write depends on: it must still be at `revision`; it is replaced by `value`.
+pub struct Guard {
+    pub key: Vec<u8>,
+    pub revision: i64,
+    pub value: Value,
+}
+
+pub enum Created {
+    Done(i64),
+    /// The name is taken.
+    Exists,
+    /// An allocation or a guard changed meanwhile: compute again and retry.
+    Raced,
+}
+
 #[derive(Clone)]
 pub struct Store {
     pub replica: Arc<Replica>,
@@ -174,17 +189,28 @@ impl Store {
         }
     }
 
-    /// Creates `key` if absent, with `extra` puts in the same transaction. Ok(None) = it
-    /// already exists.
-    pub async fn create(&self, key: &[u8], obj: &Value, extra: Vec<(Vec<u8>, Vec<u8>)>) -> ApiResult<Option<i64>> {
+    /// Creates `key` if absent, in one transaction with `extra` keys that must be absent too
+    /// (allocations) and `guards`: objects that must still be at the given revision, replaced
+    /// with new values (ResourceQuota usage).
+    pub async fn create(&self, key: &[u8], obj: &Value, extra: Vec<(Vec<u8>, Vec<u8>)>, guards: Vec<Guard>) -> ApiResult<Created> {
         let mut compare = vec![Compare { key: key.to_vec(), range_end: vec![], result: CompareResult::Equal, target: CompareTarget::Create(0) }];
         let mut success = vec![Op::Put(PutRequest { key: key.to_vec(), value: encode(obj)?, ..Default::default() })];
         for (k, v) in extra {
             compare.push(Compare { key: k.clone(), range_end: vec![], result: CompareResult::Equal, target: CompareTarget::Create(0) });
             success.push(Op::Put(PutRequest { key: k, value: v, ..Default::default() }));
         }
-        let (rev, r) = self.txn(TxnRequest { compare, success, failure: vec![] }).await?;
-        Ok(r.succeeded.then_some(rev))
+        for g in guards {
+            compare.push(Compare { key: g.key.clone(), range_end: vec![], result: CompareResult::Equal, target: CompareTarget::Mod(g.revision) });
+            success.push(Op::Put(PutRequest { key: g.key, value: encode(&g.value)?, ..Default::default() }));
+        }
+        // On failure, say whether the object itself exists (else something else moved).
+        let failure = vec![Op::Range(RangeRequest { key: key.to_vec(), keys_only: true, ..Default::default() })];
+        let (rev, r) = self.txn(TxnRequest { compare, success, failure }).await?;
+        if r.succeeded {
+            return Ok(Created::Done(rev));
+        }
+        let exists = matches!(r.responses.first(), Some(OpResponse::Range(rr)) if !rr.kvs.is_empty());
+        Ok(if exists { Created::Exists } else { Created::Raced })
     }
 
     /// Replaces `key` if its mod revision is still `expected`. Ok(None) = it changed (or went).
