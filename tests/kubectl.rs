@@ -588,3 +588,45 @@ fn concurrent_creates_through_every_replica_never_exceed_a_quota() {
     assert_eq!(stored, ok, "every success is stored");
     assert_eq!(stored, 5, "exactly the quota");
 }
+
+#[test]
+fn kubectl_create_generators_send_protobuf_and_work() {
+    let c = up();
+    c.kubectl_ok(&["create", "namespace", "gen"]);
+    c.kubectl_ok(&["create", "configmap", "cm", "--from-literal=a=b", "-n", "gen"]);
+    c.kubectl_ok(&["create", "secret", "generic", "s", "--from-literal=p=q", "-n", "gen"]);
+    c.kubectl_ok(&["create", "serviceaccount", "sa", "-n", "gen"]);
+    c.kubectl_ok(&["create", "deployment", "d", "--image=nginx:1.27", "--replicas=2", "-n", "gen"]);
+    c.kubectl_ok(&["create", "job", "j", "--image=busybox", "-n", "gen", "--", "echo", "hi"]);
+    c.kubectl_ok(&["create", "service", "clusterip", "svc", "--tcp=80:8080", "-n", "gen"]);
+    c.kubectl_ok(&["create", "role", "r", "--verb=get,list", "--resource=pods", "-n", "gen"]);
+    c.kubectl_ok(&["create", "rolebinding", "rb", "--role=r", "--user=bob", "-n", "gen"]);
+    c.kubectl_ok(&["create", "quota", "q", "--hard=pods=10", "-n", "gen"]);
+    c.kubectl_ok(&["create", "priorityclass", "high", "--value=1000"]);
+    c.kubectl_ok(&["create", "poddisruptionbudget", "pdb", "--selector=app=d", "--min-available=1", "-n", "gen"]);
+    let secret = json(&c.kubectl_ok(&["get", "secret", "s", "-n", "gen", "-o", "json"]));
+    assert_eq!(secret["data"]["p"], "cQ==", "bytes arrive as base64");
+    assert_eq!(secret["type"], "Opaque");
+    let d = json(&c.kubectl_ok(&["get", "deploy", "d", "-n", "gen", "-o", "json"]));
+    assert_eq!(d["spec"]["replicas"], 2);
+    assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["image"], "nginx:1.27");
+    assert_eq!(d["spec"]["strategy"]["rollingUpdate"]["maxSurge"], "25%");
+    let svc = json(&c.kubectl_ok(&["get", "svc", "svc", "-n", "gen", "-o", "json"]));
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], 8080);
+    let job = json(&c.kubectl_ok(&["get", "job", "j", "-n", "gen", "-o", "json"]));
+    assert_eq!(job["spec"]["template"]["spec"]["containers"][0]["command"], serde_json::json!(["echo", "hi"]));
+    let rb = json(&c.kubectl_ok(&["get", "rolebinding", "rb", "-n", "gen", "-o", "json"]));
+    assert_eq!(rb["subjects"][0]["apiGroup"], "rbac.authorization.k8s.io");
+    let token = c.kubectl_ok(&["create", "token", "sa", "-n", "gen"]);
+    assert_eq!(token.trim().split('.').count(), 3, "a JWT: {token}");
+    // auth can-i and whoami (SelfSubjectAccessReview / SelfSubjectReview, protobuf too).
+    assert_eq!(c.kubectl_ok(&["auth", "can-i", "delete", "nodes"]).trim(), "yes");
+    let out = c.kubectl(&["auth", "can-i", "list", "pods", "-n", "gen", "--as=bob"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "yes", "{}", String::from_utf8_lossy(&out.stderr));
+    let out = c.kubectl(&["auth", "can-i", "delete", "pods", "-n", "gen", "--as=bob"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "no");
+    let who = c.kubectl_ok(&["auth", "whoami", "-o", "json"]);
+    assert_eq!(json(&who)["status"]["userInfo"]["username"], "admin");
+    let err = c.kubectl_err(&["get", "secrets", "-n", "gen", "--as=bob"]);
+    assert!(err.contains("User \"bob\" cannot list resource \"secrets\""), "{err}");
+}

@@ -215,7 +215,25 @@ pub fn builtins() -> Vec<ResourceDef> {
         builtin::<scheduling::v1::PriorityClass>("priorityclass", &["pc"], &[], &[]),
         builtin::<coordination::v1::Lease>("lease", &[], &[], &[]),
         builtin::<discovery::v1::EndpointSlice>("endpointslice", &[], &[], &[]),
+        review(builtin::<authorization::v1::SelfSubjectAccessReview>("selfsubjectaccessreview", &[], &[], &[])),
+        review(builtin::<authorization::v1::SubjectAccessReview>("subjectaccessreview", &[], &[], &[])),
+        review(builtin::<authorization::v1::LocalSubjectAccessReview>("localsubjectaccessreview", &[], &[], &[])),
+        review(builtin::<authentication::v1::TokenReview>("tokenreview", &[], &[], &[])),
+        review(builtin::<authentication::v1::SelfSubjectReview>("selfsubjectreview", &[], &[], &[])),
     ]
+}
+
+/// Reviews are asked, not stored: create is their only verb.
+fn review(mut r: ResourceDef) -> ResourceDef {
+    r.verbs = vec!["create"];
+    r
+}
+
+impl ResourceDef {
+    /// Whether this resource answers a question instead of storing objects.
+    pub fn is_review(&self) -> bool {
+        self.verbs == ["create"] && (self.group == "authorization.k8s.io" || self.group == "authentication.k8s.io")
+    }
 }
 
 /// The served resources. Shared by every request; replaced as a whole when CRDs change.

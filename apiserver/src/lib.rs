@@ -24,6 +24,7 @@ pub mod protobuf;
 pub mod proxy;
 pub mod rbac;
 pub mod request;
+pub mod reviews;
 pub mod rest;
 pub mod selectors;
 pub mod server;

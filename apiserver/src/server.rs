@@ -132,6 +132,40 @@ async fn authenticate(api: &Api, req: &hyper::Request<Incoming>, cert_user: Opti
     cert_user
 }
 
+/// `kubectl --as=USER --as-group=G`: act as another user when allowed to impersonate them.
+async fn impersonate(api: &Api, headers: &hyper::HeaderMap, user: User) -> ApiResult<User> {
+    let Some(name) = headers.get("impersonate-user").and_then(|v| v.to_str().ok()).map(str::to_string) else {
+        if headers.contains_key("impersonate-group") {
+            return Err(ApiError::BadRequest("impersonating groups requires impersonating a user (Impersonate-User)".into()));
+        }
+        return Ok(user);
+    };
+    let groups: Vec<String> = headers.get_all("impersonate-group").iter().filter_map(|v| v.to_str().ok().map(str::to_string)).collect();
+    let attrs = |resource: &str, name: &str, namespace: &str| crate::rbac::Attributes {
+        user: user.name.clone(),
+        groups: user.groups.clone(),
+        verb: "impersonate".into(),
+        resource_request: true,
+        api_group: String::new(),
+        resource: resource.into(),
+        namespace: namespace.into(),
+        name: name.into(),
+        ..Default::default()
+    };
+    match name.strip_prefix("system:serviceaccount:").and_then(|r| r.split_once(':')) {
+        Some((ns, sa)) => check(api, &attrs("serviceaccounts", sa, ns)).await?,
+        None => check(api, &attrs("users", &name, "")).await?,
+    }
+    for g in &groups {
+        check(api, &attrs("groups", g, "")).await?;
+    }
+    let mut groups = groups;
+    if !groups.iter().any(|g| g == "system:authenticated") {
+        groups.push("system:authenticated".into());
+    }
+    Ok(User { name, groups })
+}
+
 fn is_public(path: &str) -> bool {
     matches!(path, "/healthz" | "/livez" | "/readyz" | "/version" | "/version/") || path.starts_with("/healthz/") || path.starts_with("/livez/") || path.starts_with("/readyz/")
 }
@@ -157,6 +191,10 @@ async fn handle(api: Arc<Api>, req: hyper::Request<Incoming>, cert_user: Option<
             }
             return error_response(&ApiError::BadRequest(format!("cannot read the request body: {e}")));
         }
+    };
+    let user = match impersonate(&api, &parts.headers, user).await {
+        Ok(u) => u,
+        Err(e) => return error_response(&e),
     };
     let request = Request { method: method.clone(), path: path.clone(), query, headers: parts.headers, body, user, upgrade: std::sync::Mutex::new(upgrade) };
     let mut verb = String::from("other");
@@ -324,10 +362,10 @@ async fn authorize_non_resource(api: &Api, req: &Request, segs: &[&str]) -> ApiR
     check(api, &attrs).await
 }
 
-/// Loads the RBAC objects (local reads) and decides.
-pub async fn check(api: &Api, attrs: &crate::rbac::Attributes) -> ApiResult<()> {
+/// Loads the RBAC objects (local reads) and decides. system:masters is always allowed.
+pub async fn decide(api: &Api, attrs: &crate::rbac::Attributes) -> ApiResult<crate::rbac::Decision> {
     if attrs.groups.iter().any(|g| g == "system:masters") {
-        return Ok(());
+        return Ok(crate::rbac::Decision::Allow);
     }
     let cat = api.catalog.get();
     let mut load = Vec::new();
@@ -341,7 +379,12 @@ pub async fn check(api: &Api, attrs: &crate::rbac::Attributes) -> ApiResult<()> 
         load.push(page.items.into_iter().map(|(v, _)| v).collect());
     }
     let policy = crate::rbac::Policy { cluster_roles: &load[0], cluster_role_bindings: &load[1], roles: &load[2], role_bindings: &load[3] };
-    match crate::rbac::authorize(attrs, &policy) {
+    Ok(crate::rbac::authorize(attrs, &policy))
+}
+
+/// decide(), with a denial as 403 Forbidden.
+pub async fn check(api: &Api, attrs: &crate::rbac::Attributes) -> ApiResult<()> {
+    match decide(api, attrs).await? {
         crate::rbac::Decision::Allow => Ok(()),
         crate::rbac::Decision::Deny(reason) => {
             let gr = crate::error::GroupResource { group: attrs.api_group.clone(), resource: attrs.resource.clone() };
@@ -409,6 +452,12 @@ async fn resource_request(api: &Arc<Api>, req: &Request, group: &str, version: &
             path: req.path.clone(),
         };
         check(api, &attrs).await?;
+    }
+    if res.is_review() {
+        return match verb {
+            "create" => api.review(req, &t).await,
+            _ => Err(ApiError::MethodNotAllowed),
+        };
     }
     match (verb, sub.as_deref()) {
         ("list", _) | ("watch", None) if name.is_none() => api.list(req, &t).await,
