@@ -630,3 +630,46 @@ fn kubectl_create_generators_send_protobuf_and_work() {
     let err = c.kubectl_err(&["get", "secrets", "-n", "gen", "--as=bob"]);
     assert!(err.contains("User \"bob\" cannot list resource \"secrets\""), "{err}");
 }
+
+#[test]
+fn edit_describe_explain_sort_and_table_watch_behave_like_kubernetes() {
+    let c = up();
+    c.kubectl_ok(&["apply", "-f", &c.file("dep.yaml", DEPLOY)]);
+    // kubectl edit with a scripted editor.
+    let editor = c.file("editor.sh", "#!/bin/sh\nsed -i 's/replicas: 3/replicas: 7/' \"$1\"\n");
+    std::process::Command::new("chmod").args(["+x", &editor]).status().expect("chmod");
+    let out = c.kubectl_cmd("n1", &["edit", "deploy", "web"]).env("EDITOR", &editor).env("KUBE_EDITOR", &editor).output().expect("edit");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(c.kubectl_ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"]), "7");
+    let desc = c.kubectl_ok(&["describe", "deploy", "web"]);
+    assert!(desc.contains("Name:") && desc.contains("web") && desc.contains("nginx:1.27") && desc.contains("Replicas:"), "{desc}");
+    let explain = c.kubectl_ok(&["explain", "deployment.spec.strategy"]);
+    assert!(explain.contains("rollingUpdate"), "{explain}");
+    for (i, n) in ["b", "c", "a"].iter().enumerate() {
+        c.kubectl_ok(&["apply", "-f", &c.file("s.yaml", &format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: sort-{n}, labels: {{sort: x}}}}\ndata: {{order: '{i}'}}\n"))]);
+    }
+    let sorted = c.kubectl_ok(&["get", "cm", "-l", "sort", "--sort-by=.metadata.name", "-o", "name"]);
+    assert_eq!(sorted.lines().collect::<Vec<_>>(), ["configmap/sort-a", "configmap/sort-b", "configmap/sort-c"]);
+    // `kubectl get -w` in its default (Table) form prints the header once, then rows.
+    let mut w = c.kubectl_cmd("n2", &["get", "cm", "-l", "sort", "-w"]).stdout(std::process::Stdio::piped()).spawn().expect("watch");
+    std::thread::sleep(Duration::from_millis(800));
+    c.kubectl_ok(&["apply", "-f", &c.file("s.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: sort-d, labels: {sort: x}}\ndata: {a: b, c: d}\n")]);
+    std::thread::sleep(Duration::from_millis(800));
+    let _ = w.kill();
+    let out = w.wait_with_output().expect("watch output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.first().map(|l| l.starts_with("NAME") && l.contains("DATA")).unwrap_or(false), "{text}");
+    assert_eq!(lines.iter().filter(|l| l.starts_with("NAME")).count(), 1, "{text}");
+    assert!(lines.iter().any(|l| l.starts_with("sort-d") && l.split_whitespace().nth(1) == Some("2")), "{text}");
+    // Force deletion returns at once.
+    let out = c.kubectl(&["delete", "deploy", "web", "--force", "--grace-period=0"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Immediate deletion does not wait"), "{}", String::from_utf8_lossy(&out.stderr));
+    // Deleting a namespace marks it Terminating (the namespace controller finishes it).
+    c.kubectl_ok(&["create", "namespace", "doomed"]);
+    c.kubectl_ok(&["delete", "namespace", "doomed", "--wait=false"]);
+    assert_eq!(c.kubectl_ok(&["get", "ns", "doomed", "-o", "jsonpath={.status.phase}"]), "Terminating");
+    let err = c.kubectl_err(&["create", "configmap", "x", "-n", "doomed"]);
+    assert!(err.contains("because it is being terminated"), "{err}");
+}

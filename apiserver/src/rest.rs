@@ -534,7 +534,7 @@ impl Api {
         if dry {
             return Ok(Some(new));
         }
-        if meta(&new).get("deletionTimestamp").is_some() && finalizers_empty && self.graceful_done(t, &new) {
+        if meta(&new).get("deletionTimestamp").is_some() && finalizers_empty && self.graceful_done(t, &new) && !spec_finalizers_block(&t.res, &new) {
             let extra = crate::alloc::release_keys(t, old);
             return match self.store.delete(&t.key(), rev, extra).await? {
                 Some(drev) => {
@@ -845,7 +845,7 @@ impl Api {
             let is_pod = t.res.group.is_empty() && t.res.kind == "Pod";
             let grace = if is_pod { strategy::pod_grace(&old, grace) } else { 0 };
             let already = m.get("deletionTimestamp").is_some();
-            if finalizers.is_empty() && grace == 0 {
+            if finalizers.is_empty() && grace == 0 && !spec_finalizers_block(&t.res, &old) {
                 if dry {
                     return Ok(old);
                 }
@@ -920,6 +920,12 @@ impl Api {
         let rv = self.store.current_revision().to_string();
         Ok(Reply::ok(json!({"kind": t.res.list_kind, "apiVersion": t.res.api_version(), "metadata": {"resourceVersion": rv}, "items": deleted})))
     }
+}
+
+/// A namespace also waits for its spec.finalizers (the `kubernetes` one: its contents are
+/// deleted first) before it goes.
+fn spec_finalizers_block(res: &ResourceDef, obj: &Value) -> bool {
+    res.group.is_empty() && res.kind == "Namespace" && obj["spec"]["finalizers"].as_array().map(|a| !a.is_empty()).unwrap_or(false)
 }
 
 /// Server-side printing: the built-in printers, or the CRD's columns for custom resources.
