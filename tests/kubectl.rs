@@ -673,3 +673,34 @@ fn edit_describe_explain_sort_and_table_watch_behave_like_kubernetes() {
     let err = c.kubectl_err(&["create", "configmap", "x", "-n", "doomed"]);
     assert!(err.contains("because it is being terminated"), "{err}");
 }
+
+#[test]
+fn a_deposed_leader_never_serves_a_stale_object() {
+    let c = up();
+    for round in 0..2 {
+        let old = c.leader().expect("leader");
+        let name = format!("stale{round}");
+        c.kubectl_ok(&["apply", "-f", &c.file("s.yaml", &format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}}}\ndata: {{v: '1'}}\n"))]);
+        // Freeze the leader; the others elect a new one and change the object.
+        let pid = std::fs::read_to_string(c.path().join(&old).join("pid")).expect("pid").trim().to_string();
+        assert!(std::process::Command::new("kill").args(["-STOP", &pid]).status().expect("kill").success());
+        let other = ["n1", "n2", "n3"].into_iter().find(|n| *n != old).expect("other");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = c.kubectl_at(other, &["patch", "cm", &name, "--type=merge", "-p", r#"{"data":{"v":"2"}}"#, "--request-timeout=3s"]);
+            if out.status.success() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no new leader took the write: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        // Wake the old leader and read through it at once: it may still think it leads, but a
+        // read must be confirmed by a quorum, so it sees "2" or fails; never "1".
+        assert!(std::process::Command::new("kill").args(["-CONT", &pid]).status().expect("kill").success());
+        let out = c.kubectl_at(&old, &["get", "cm", &name, "-o", "jsonpath={.data.v}", "--request-timeout=10s"]);
+        let v = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(v == "2" || !out.status.success(), "stale read from the deposed leader {old}: {v:?}");
+        // And a watch from the list it serves starts after the change.
+        let out = c.kubectl_at(&old, &["get", "cm", &name, "-o", "jsonpath={.data.v}", "--request-timeout=10s"]);
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "2", "{}", String::from_utf8_lossy(&out.stderr));
+    }
+}
