@@ -48,6 +48,10 @@ pub use server::serve;
 #[derive(Clone, Debug, Default, serde::Deserialize, clap::Args)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ApiOptions {
+    /// Run the store only: no Kubernetes API, no bootstrap objects.
+    #[arg(long)]
+    #[serde(default)]
+    pub no_kubernetes_api: bool,
     /// host:port for the Kubernetes API (HTTPS) [default: 127.0.0.1:6443].
     #[arg(long)]
     pub listen_api: Option<SocketAddr>,
@@ -68,6 +72,7 @@ pub struct ApiOptions {
 
 #[derive(Clone, Debug)]
 pub struct ApiConfig {
+    pub enabled: bool,
     pub listen: SocketAddr,
     pub cacert: PathBuf,
     pub cert: PathBuf,
@@ -100,7 +105,7 @@ impl ApiOptions {
             None => HashMap::new(),
         };
         let sa_key = self.service_account_key_file.clone().unwrap_or_else(|| cacert.parent().map(|d| d.join("sa.key")).unwrap_or_else(|| "sa.key".into()));
-        Ok(ApiConfig { listen, cacert, cert, key, ranges, tokens, sa_key })
+        Ok(ApiConfig { enabled: !self.no_kubernetes_api, listen, cacert, cert, key, ranges, tokens, sa_key })
     }
 }
 
@@ -182,6 +187,9 @@ impl Api {
 
 /// Runs a replica with the Kubernetes API beside it until SIGINT/SIGTERM.
 pub async fn run(cfg: raftstore::server::ServerConfig, api: ApiConfig) -> anyhow::Result<()> {
+    if !api.enabled {
+        return raftstore::server::run(cfg).await;
+    }
     // Bind before starting Raft so that a busy port fails fast with a clear error.
     let listener = tokio::net::TcpListener::bind(api.listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {} (Kubernetes API): {e}", api.listen))?;
     tracing::info!(listen = %api.listen, "serving the Kubernetes API");

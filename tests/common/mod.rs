@@ -81,12 +81,15 @@ impl Cluster {
         self.dir.path()
     }
 
-    /// Runs deploy/cluster with `--dir` appended.
+    /// Runs deploy/cluster with `--dir` for this cluster.
     pub fn script(&self, args: &[&str]) -> Output {
+        // --dir goes before `--`: what follows that is for the servers.
+        let split = args.iter().position(|a| *a == "--").unwrap_or(args.len());
         Command::new(repo_root().join("deploy/cluster"))
-            .args(args)
+            .args(&args[..split])
             .arg("--dir")
             .arg(self.path())
+            .args(&args[split..])
             .env("KUBERAFT_BIN", kuberaft_bin())
             .output()
             .expect("run deploy/cluster")
