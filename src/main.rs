@@ -67,6 +67,24 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum BenchCmd {
+    /// Kubernetes API of three replicas: pod creates, GET/LIST with 10,000 pods, watch fan-out, RSS.
+    Api {
+        /// Seconds per create measurement.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Concurrent clients for the create phase (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "64,512")]
+        clients: Vec<usize>,
+        /// Pods stored for the GET/LIST phase.
+        #[arg(long, default_value_t = 10_000)]
+        pods: usize,
+        /// Concurrent watchers for the fan-out phase.
+        #[arg(long, default_value_t = 1000)]
+        watchers: usize,
+        /// Scratch directory (wiped first).
+        #[arg(long, default_value = "/tmp/kuberaft-bench-api")]
+        dir: PathBuf,
+    },
     /// Three kuberaft replicas vs three etcd 3.4 members: put, linearizable get, watch.
     Store {
         /// Seconds per measurement.
@@ -128,6 +146,19 @@ fn main() -> ExitCode {
                 settle: std::time::Duration::from_secs(settle),
             };
             let table = tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(raftstore::bench::run(opts))?;
+            println!("{table}");
+            Ok(())
+        })(),
+        Cmd::Bench { what: BenchCmd::Api { duration, clients, pods, watchers, dir } } => (|| {
+            let o = apiserver::bench::BenchOptions {
+                kuberaft_bin: std::env::current_exe()?,
+                work_dir: dir,
+                duration: std::time::Duration::from_secs(duration),
+                clients,
+                pods,
+                watchers,
+            };
+            let table = tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(apiserver::bench::run(o))?;
             println!("{table}");
             Ok(())
         })(),

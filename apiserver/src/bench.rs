@@ -262,10 +262,10 @@ async fn ensure_namespace(pool: &Pool, ns: &str, errors: &Errors) -> anyhow::Res
     }
     // A linearizable GET on every replica makes each apply the create before the benchmark
     // writes into the namespace (creates check it with a local read).
-    for r in 0..IPS.len() {
+    for (r, ip) in IPS.iter().enumerate() {
         let g = pool.send_to(r, Method::GET, &format!("/api/v1/namespaces/{ns}")).await;
         if !errors.check("get namespace", &g) {
-            anyhow::bail!("namespace {ns} is not visible on {}", IPS[r]);
+            anyhow::bail!("namespace {ns} is not visible on {ip}");
         }
     }
     Ok(())

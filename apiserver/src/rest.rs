@@ -278,7 +278,14 @@ impl Api {
     async fn check_namespace(&self, ns: &str) -> ApiResult<()> {
         let cat = self.catalog.get();
         let Some(nsres) = cat.lookup("", "v1", "namespaces") else { return Ok(()) };
-        match self.store.get(&object_key(&nsres, None, ns), Freshness::Any).await? {
+        // The local state first (cheap); a miss may only mean this replica lags behind a
+        // namespace just created through another one, so confirm it with a linearizable read.
+        let key = object_key(&nsres, None, ns);
+        let found = match self.store.get(&key, Freshness::Any).await? {
+            Some(x) => Some(x),
+            None => self.store.get(&key, Freshness::Latest).await?,
+        };
+        match found {
             None => Err(ApiError::NotFound { gr: nsres.gr(), name: ns.into() }),
             Some((obj, _)) if obj["status"]["phase"] == "Terminating" => Err(ApiError::Forbidden {
                 message: format!("unable to create new content in namespace {ns} because it is being terminated"),
