@@ -12,6 +12,7 @@ use crate::error::{ApiError, ApiResult, Cause};
 use crate::request::{decode_body, duplicate_fields, Reply, Request};
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::store::{collection_range, object_key, Freshness};
+use raftstore::types::KeyValue;
 use crate::strategy;
 use crate::Api;
 
@@ -249,27 +250,58 @@ impl Api {
                 (_, other) => return Err(ApiError::BadRequest(format!("unsupported resourceVersionMatch value {other:?}"))),
             }
         };
-        let keep = |v: &Value| ls.matches_object(v) && fs.matches(v);
-        let page = match self.store.list(&start, &end, fresh, limit, &keep).await {
-            Err(ApiError::Gone(_)) => {
-                return Err(match fresh {
-                    Freshness::Exact(r) if cont.is_empty() => self.gone(r),
-                    _ => ApiError::Gone("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.".into()),
-                })
-            }
-            other => other?,
+        let gone = |e: ApiError| match e {
+            ApiError::Gone(_) => match fresh {
+                Freshness::Exact(r) if cont.is_empty() => self.gone(r),
+                _ => ApiError::Gone("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.".into()),
+            },
+            other => other,
         };
-        let rv = page.revision.to_string();
-        let cont = page.next_key.as_ref().map(|k| encode_continue(page.revision, k));
-        let items: Vec<Value> = page.items.into_iter().map(|(v, _)| v).collect();
+        let include = req.query.get("includeObject").unwrap_or("Metadata").to_string();
         if req.wants_table() {
-            return Ok(Reply::ok(table_of(&t.res, &items, &rv, cont.as_deref(), req.query.get("includeObject").unwrap_or("Metadata"), true)));
+            let keep = |v: &Value| ls.matches_object(v) && fs.matches(v);
+            let page = self.store.list(&start, &end, fresh, limit, &keep).await.map_err(gone)?;
+            let rv = page.revision.to_string();
+            let cont = page.next_key.as_ref().map(|k| encode_continue(page.revision, k));
+            let items: Vec<Value> = page.items.into_iter().map(|(v, _)| v).collect();
+            return Ok(Reply::ok(table_of(&t.res, &items, &rv, cont.as_deref(), &include, true)));
         }
-        let mut md = json!({"resourceVersion": rv});
-        if let Some(c) = cont {
-            md["continue"] = json!(c);
+        // The JSON list is written from the stored bytes: objects are decoded only as far as
+        // the selectors need (labels and names from a light decode, other fields in full).
+        let metadata_only = fs.check_supported(&[]).is_ok();
+        let pick = |kv: &KeyValue| -> ApiResult<Option<Vec<u8>>> {
+            let keep = if ls.is_empty() && fs.is_empty() {
+                true
+            } else if metadata_only {
+                let light: LightObject = serde_json::from_slice(&kv.value).map_err(|e| ApiError::Internal(format!("stored object is not JSON: {e}")))?;
+                let v = json!({"metadata": {"name": light.metadata.name, "namespace": light.metadata.namespace, "labels": light.metadata.labels}});
+                ls.matches_object(&v) && fs.matches(&v)
+            } else {
+                let v = crate::store::decode(kv)?;
+                ls.matches_object(&v) && fs.matches(&v)
+            };
+            if keep {
+                crate::store::raw_with_rv(kv).map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        let page = self.store.scan(&start, &end, fresh, limit, &pick).await.map_err(gone)?;
+        let mut md = json!({"resourceVersion": page.revision.to_string()});
+        if let Some(k) = &page.next_key {
+            md["continue"] = json!(encode_continue(page.revision, k));
         }
-        Ok(Reply::ok(json!({"kind": t.res.list_kind, "apiVersion": t.res.api_version(), "metadata": md, "items": items})))
+        let total: usize = page.items.iter().map(|i| i.len() + 1).sum();
+        let mut body = Vec::with_capacity(total + 256);
+        body.extend_from_slice(format!("{{\"kind\":{},\"apiVersion\":{},\"metadata\":{md},\"items\":[", json!(t.res.list_kind), json!(t.res.api_version())).as_bytes());
+        for (i, item) in page.items.iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(item);
+        }
+        body.extend_from_slice(b"]}");
+        Ok(Reply::Raw { code: 200, content_type: "application/json", body: bytes::Bytes::from(body), headers: Default::default() })
     }
 
     // ------------------------------------------------------------------ create
@@ -942,6 +974,24 @@ pub fn table_of(res: &ResourceDef, objs: &[Value], rv: &str, cont: Option<&str>,
     } else {
         crate::table::table(&res.kind, objs, rv, cont, None, include_object, with_headers, now_unix())
     }
+}
+
+/// Just what label selectors and metadata field selectors look at; serde skips the rest
+/// without building it.
+#[derive(serde::Deserialize)]
+struct LightObject {
+    #[serde(default)]
+    metadata: LightMeta,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct LightMeta {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    labels: Option<serde_json::Map<String, Value>>,
 }
 
 /// Continue tokens: the snapshot revision and the next key, opaque to clients.

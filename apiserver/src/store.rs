@@ -46,6 +46,48 @@ pub fn set_rv(v: &mut Value, rev: i64) {
     }
 }
 
+/// A stored object's bytes with its resourceVersion added, without decoding the object: only
+/// the top-level keys are split (nested values stay raw). Lists are written from these.
+pub fn raw_with_rv(kv: &KeyValue) -> ApiResult<Vec<u8>> {
+    use serde_json::value::RawValue;
+    let top: std::collections::BTreeMap<String, &RawValue> =
+        serde_json::from_slice(&kv.value).map_err(|e| ApiError::Internal(format!("stored object {} is not a JSON object: {e}", String::from_utf8_lossy(&kv.key))))?;
+    let mut out = Vec::with_capacity(kv.value.len() + 32);
+    out.push(b'{');
+    let rv = format!("\"resourceVersion\":\"{}\"", kv.mod_revision);
+    let mut first = true;
+    let mut saw_meta = false;
+    for (k, v) in &top {
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        serde_json::to_writer(&mut out, k).map_err(|e| ApiError::Internal(e.to_string()))?;
+        out.push(b':');
+        let raw = v.get().as_bytes();
+        if k == "metadata" && raw.first() == Some(&b'{') {
+            saw_meta = true;
+            out.push(b'{');
+            out.extend_from_slice(rv.as_bytes());
+            let rest = &raw[1..];
+            if rest.first() != Some(&b'}') {
+                out.push(b',');
+            }
+            out.extend_from_slice(rest);
+        } else {
+            out.extend_from_slice(raw);
+        }
+    }
+    if !saw_meta {
+        if !first {
+            out.push(b',');
+        }
+        out.extend_from_slice(format!("\"metadata\":{{{rv}}}").as_bytes());
+    }
+    out.push(b'}');
+    Ok(out)
+}
+
 /// The stored form: no resourceVersion (it is the key's revision).
 fn encode(v: &Value) -> ApiResult<Vec<u8>> {
     let mut v = v.clone();
@@ -86,6 +128,12 @@ pub enum Created {
 #[derive(Clone)]
 pub struct Store {
     pub replica: Arc<Replica>,
+}
+
+pub struct ScanPage<T> {
+    pub items: Vec<T>,
+    pub revision: i64,
+    pub next_key: Option<Vec<u8>>,
 }
 
 pub struct Page {
@@ -151,32 +199,39 @@ impl Store {
     /// One page of a collection, filtered by `keep`. Reads batches until `limit` matching items
     /// are found (0 = no limit) so that filtering never returns short pages needlessly.
     pub async fn list(&self, start: &[u8], end: &[u8], fresh: Freshness, limit: usize, keep: &(dyn Fn(&Value) -> bool + Sync)) -> ApiResult<Page> {
+        let pick = |kv: &KeyValue| -> ApiResult<Option<(Value, KeyValue)>> {
+            let v = decode(kv)?;
+            Ok(keep(&v).then(|| (v, kv.clone())))
+        };
+        let p = self.scan(start, end, fresh, limit, &pick).await?;
+        Ok(Page { items: p.items, revision: p.revision, next_key: p.next_key, remaining: None })
+    }
+
+    /// The paging loop under `list`: `pick` maps each stored kv to an item or skips it.
+    pub async fn scan<T>(&self, start: &[u8], end: &[u8], fresh: Freshness, limit: usize, pick: &(dyn Fn(&KeyValue) -> ApiResult<Option<T>> + Sync)) -> ApiResult<ScanPage<T>> {
         let mut at = self.ensure(fresh).await?;
         let mut from = start.to_vec();
         let mut items = Vec::new();
         let batch = if limit == 0 { 0 } else { (limit + 1).max(64) as i64 };
         loop {
             let req = RangeRequest { key: from.clone(), range_end: end.to_vec(), revision: at, limit: batch, ..Default::default() };
-            let (resp, rev) = self.replica.range(&req, true).await?;
+            let (resp, rev) = self.replica.range_page(&req, true).await?;
             at = rev;
             let last_key = resp.kvs.last().map(|kv| kv.key.clone());
             for kv in resp.kvs {
-                let v = decode(&kv)?;
-                if !keep(&v) {
-                    continue;
-                }
+                let Some(item) = pick(&kv)? else { continue };
                 if limit > 0 && items.len() == limit {
                     // One more matching item exists: the next page starts at it.
-                    return Ok(Page { items, revision: rev, next_key: Some(kv.key), remaining: None });
+                    return Ok(ScanPage { items, revision: rev, next_key: Some(kv.key) });
                 }
-                items.push((v, kv));
+                items.push(item);
             }
             match last_key {
                 Some(mut k) if resp.more => {
                     k.push(0);
                     from = k;
                 }
-                _ => return Ok(Page { items, revision: rev, next_key: None, remaining: None }),
+                _ => return Ok(ScanPage { items, revision: rev, next_key: None }),
             }
         }
     }
@@ -237,5 +292,33 @@ impl Store {
         let req = RangeRequest { key: prefix.to_vec(), range_end: prefix_end(prefix), keys_only: true, ..Default::default() };
         let (resp, _) = self.replica.range(&req, false).await?;
         Ok(resp.kvs.into_iter().map(|kv| kv.key).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(v: &str, rev: i64) -> KeyValue {
+        KeyValue { key: b"/registry/x".to_vec(), value: v.as_bytes().to_vec(), mod_revision: rev, create_revision: rev, version: 1, lease: 0 }
+    }
+
+    #[test]
+    fn raw_lists_carry_the_same_objects_as_decoding() {
+        for v in [
+            r#"{"apiVersion":"v1","data":{"metadata":{"x":"\"metadata\":{"}},"kind":"ConfigMap","metadata":{"labels":{"a":"b"},"name":"c"}}"#,
+            r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{}}"#,
+            r#"{"alpha":{"metadata":{"name":"inner"}},"apiVersion":"x/v1","kind":"X"}"#,
+        ] {
+            let k = kv(v, 42);
+            let raw: Value = serde_json::from_slice(&raw_with_rv(&k).expect("raw")).expect("valid JSON");
+            let mut expected = decode(&k).expect("decode");
+            if expected.get("metadata").is_none() {
+                expected["metadata"] = serde_json::json!({"resourceVersion": "42"});
+            }
+            assert_eq!(raw, expected, "{v}");
+            assert_eq!(raw["metadata"]["resourceVersion"], "42");
+        }
+        assert!(raw_with_rv(&kv("[1]", 1)).is_err());
     }
 }

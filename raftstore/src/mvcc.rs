@@ -282,7 +282,7 @@ impl Mvcc {
 
     /// Latest live kvs in [start, end) at the current revision, at most `limit` (0 = all) plus
     /// whether more exist and the total count.
-    fn scan_cur(&self, snap: &Snapshot<'_>, start: &[u8], end: &[u8], limit: usize, keys_only: bool) -> MvccResult<(Vec<KeyValue>, i64)> {
+    fn scan_cur(&self, snap: &Snapshot<'_>, start: &[u8], end: &[u8], limit: usize, keys_only: bool, stop_after: Option<i64>) -> MvccResult<(Vec<KeyValue>, i64)> {
         let mut out = Vec::new();
         let mut count = 0i64;
         if end.is_empty() {
@@ -311,6 +311,9 @@ impl Mvcc {
                 }
                 out.push(kv);
             }
+            if stop_after.is_some_and(|s| count >= s) {
+                break;
+            }
         }
         Ok((out, count))
     }
@@ -334,7 +337,7 @@ impl Mvcc {
     }
 
     /// Kvs in [start, end) as of `rev` (a past revision), from the version index.
-    fn scan_at(&self, snap: &Snapshot<'_>, start: &[u8], end: &[u8], rev: Revision, limit: usize, keys_only: bool) -> MvccResult<(Vec<KeyValue>, i64)> {
+    fn scan_at(&self, snap: &Snapshot<'_>, start: &[u8], end: &[u8], rev: Revision, limit: usize, keys_only: bool, stop_after: Option<i64>) -> MvccResult<(Vec<KeyValue>, i64)> {
         if end.is_empty() {
             let kv = self.get_at(snap, start, rev)?.map(|mut kv| {
                 if keys_only {
@@ -384,6 +387,9 @@ impl Mvcc {
                         }
                         out.push(kv);
                     }
+                    if stop_after.is_some_and(|s| count >= s) {
+                        break;
+                    }
                 }
             }
             // Past every version of this key: the group prefix followed by 0xFF..., which no
@@ -400,11 +406,18 @@ impl Mvcc {
     /// A read outside any write transaction, from one consistent view. Also returns the store
     /// revision of that view (the response header's revision).
     pub fn range(&self, req: &RangeRequest) -> MvccResult<Result<RangeResponse, ApplyError>> {
-        Ok(self.range_with(req, None)?.map(|(r, _)| r))
+        Ok(self.range_with(req, None, true)?.map(|(r, _)| r))
     }
 
     pub fn range_at_view(&self, req: &RangeRequest) -> MvccResult<Result<(RangeResponse, Revision), ApplyError>> {
-        self.range_with(req, None)
+        self.range_with(req, None, true)
+    }
+
+    /// Like range_at_view, but for paging: the scan stops one key past the limit, so `more` is
+    /// right and `count` is only a lower bound (limit + 1 when more remain). Keeps a page read
+    /// O(limit) instead of O(range).
+    pub fn range_page_at_view(&self, req: &RangeRequest) -> MvccResult<Result<(RangeResponse, Revision), ApplyError>> {
+        self.range_with(req, None, false)
     }
 
     fn snap_meta_i64(&self, snap: &Snapshot<'_>, key: &[u8]) -> MvccResult<Option<i64>> {
@@ -415,6 +428,7 @@ impl Mvcc {
         &self,
         req: &RangeRequest,
         pending: Option<(&BTreeMap<Vec<u8>, Option<KeyValue>>, Revision)>,
+        exact_count: bool,
     ) -> MvccResult<Result<(RangeResponse, Revision), ApplyError>> {
         // Everything below reads one consistent view: a concurrent apply or background compaction
         // can neither mix revisions into a list nor remove versions it still needs.
@@ -446,10 +460,11 @@ impl Mvcc {
         };
         let limit = if needs_all || !overlay.is_empty() || req.limit <= 0 { 0 } else { req.limit as usize };
         let keys_only = req.keys_only && overlay.is_empty();
+        let stop_after = (!exact_count && limit > 0).then_some(limit as i64 + 1);
         let res = if rev >= db_rev {
-            self.scan_cur(&snap, &req.key, &req.range_end, limit, keys_only)
+            self.scan_cur(&snap, &req.key, &req.range_end, limit, keys_only, stop_after)
         } else {
-            self.scan_at(&snap, &req.key, &req.range_end, rev, limit, keys_only)
+            self.scan_at(&snap, &req.key, &req.range_end, rev, limit, keys_only, stop_after)
         };
         let (mut kvs, mut count) = res?;
         if !overlay.is_empty() {
@@ -669,7 +684,7 @@ impl Mvcc {
 
     fn pending_keys_in(&self, b: &ApplyBatch, start: &[u8], end: &[u8]) -> MvccResult<Vec<KeyValue>> {
         let snap = self.db.snapshot();
-        let (kvs, _) = self.scan_cur(&snap, start, end, 0, false)?;
+        let (kvs, _) = self.scan_cur(&snap, start, end, 0, false, None)?;
         let mut merged: BTreeMap<Vec<u8>, KeyValue> = kvs.into_iter().map(|kv| (kv.key.clone(), kv)).collect();
         for (k, v) in b.cur.iter().filter(|(k, _)| in_range(k, start, end)) {
             match v {
@@ -910,7 +925,7 @@ impl Mvcc {
                 Op::Range(r) => {
                     // Reads see this transaction's earlier writes.
                     let visible = if txn.sub > 0 { txn.main } else { b.revision };
-                    match self.range_with(r, Some((&b.cur, visible)))? {
+                    match self.range_with(r, Some((&b.cur, visible)), true)? {
                         Ok((resp, _)) => OpResponse::Range(resp),
                         Err(e) => return Ok(Err(e)),
                     }

@@ -844,6 +844,16 @@ impl Replica {
         Ok(res.map_err(fatal)??)
     }
 
+    /// One page of a range (see `Mvcc::range_page_at_view`: `count` is only a lower bound).
+    pub async fn range_page(&self, req: &RangeRequest, serializable: bool) -> StoreResult<(RangeResponse, Revision)> {
+        if !serializable {
+            self.read_barrier().await?;
+        }
+        let handle = self.sm.mvcc();
+        let res = tokio::task::block_in_place(|| handle.mvcc.range_page_at_view(req));
+        Ok(res.map_err(fatal)??)
+    }
+
     pub fn current_revision(&self) -> Revision {
         self.sm.mvcc().mvcc.current_revision()
     }

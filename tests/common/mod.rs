@@ -272,11 +272,12 @@ impl Cluster {
         p.display().to_string()
     }
 
-    /// Waits until the bootstrap objects exist (namespace default is created by the replicas).
+    /// Waits until the bootstrap objects exist (the replicas create namespaces, the RBAC
+    /// policy and, last, the `kubernetes` Service).
     pub fn wait_api(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let out = self.kubectl(&["get", "namespace", "default", "-o", "name"]);
+            let out = self.kubectl(&["get", "service", "kubernetes", "-n", "default", "-o", "name"]);
             if out.status.success() {
                 return;
             }

@@ -353,3 +353,25 @@ fn random_operations_match_a_naive_model_at_every_revision() {
         assert_eq!(&state, model.cur(), "seed {seed}: history replay");
     }
 }
+
+#[test]
+fn page_reads_stop_one_past_the_limit_at_current_and_past_revisions() {
+    let (_d, m) = open();
+    for i in 0..10 {
+        put(&m, &format!("k{i}"), "v");
+    }
+    let past = m.current_revision();
+    put(&m, "k0", "w");
+    for rev in [0, past] {
+        let req = RangeRequest { key: "k".into(), range_end: "l".into(), limit: 3, revision: rev, ..Default::default() };
+        let (r, _) = m.range_page_at_view(&req).unwrap().unwrap();
+        assert_eq!(r.kvs.len(), 3);
+        assert!(r.more);
+        assert_eq!(r.count, 4, "counted one past the page, not the whole range");
+        let exact = m.range(&req).unwrap().unwrap();
+        assert_eq!(exact.count, 10);
+        let last = RangeRequest { key: "k7".into(), range_end: "l".into(), limit: 3, revision: rev, ..Default::default() };
+        let (r, _) = m.range_page_at_view(&last).unwrap().unwrap();
+        assert_eq!((r.kvs.len(), r.more), (3, false));
+    }
+}
