@@ -212,7 +212,10 @@ impl Api {
         let cat = self.catalog.get();
         let Some(rq) = cat.lookup("", "v1", "resourcequotas") else { return Ok(vec![]) };
         let (start, end) = collection_range(&rq, Some(ns));
-        let quotas = self.store.list(&start, &end, Freshness::Latest, 0, &|_| true).await?;
+        // Local reads suffice: a quota's usage is rewritten in the same transaction as every
+        // object it counts (the guard below), so if this replica has the quota's latest version it
+        // has every object counted in it, and a stale version fails the guard and is retried.
+        let quotas = self.store.list(&start, &end, Freshness::Any, 0, &|_| true).await?;
         let relevant: Vec<_> = quotas
             .items
             .into_iter()
@@ -223,7 +226,7 @@ impl Api {
         }
         // Current usage, counted from the objects of this kind in the namespace.
         let (ostart, oend) = collection_range(&t.res, Some(ns));
-        let existing = self.store.list(&ostart, &oend, Freshness::Latest, 0, &|_| true).await?;
+        let existing = self.store.list(&ostart, &oend, Freshness::Any, 0, &|_| true).await?;
         let name = t.name.clone().unwrap_or_default();
         let mut guards = Vec::new();
         for (quota, kv) in relevant {
