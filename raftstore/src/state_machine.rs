@@ -27,6 +27,9 @@ const META_APPLIED: &[u8] = b"raft_applied";
 const META_MEMBERSHIP: &[u8] = b"raft_membership";
 const SNAP_MAGIC: &[u8; 8] = b"KRSNAP1\n";
 
+/// Applied batches the watch broadcast keeps (see where it is created).
+const HUB_CAPACITY: usize = 32;
+
 /// What the apply path tells open watch streams.
 #[derive(Clone, Debug)]
 pub enum HubMsg {
@@ -151,9 +154,11 @@ impl StateMachine {
         let dir = data_dir.join(&name);
         let mvcc = Mvcc::open(&dir).map_err(|e| anyhow::anyhow!("state machine at {} cannot be opened: {e}", dir.display()))?;
         let applied = read_applied(&mvcc).map_err(|e| anyhow::anyhow!("state machine at {} is corrupted: {e}", dir.display()))?;
-        // Small on purpose: a receiver that falls behind is told it lagged and re-reads from storage,
-        // so a stalled watch client pins at most this many batches.
-        let (hub, _) = broadcast::channel(256);
+        // Small on purpose: a receiver that falls behind is told it lagged and re-reads from
+        // storage. The ring keeps its last HUB_CAPACITY batches alive even after every receiver
+        // has read them (each batch holds up to 256 commands' events with previous values), so
+        // this is also the watch path's resident memory: 256 cost a replica ~200 MiB under load.
+        let (hub, _) = broadcast::channel(HUB_CAPACITY);
         let shared = SmShared {
             data_dir: data_dir.to_path_buf(),
             current: RwLock::new(Arc::new(SmHandle { mvcc, dir, retired: false.into() })),
