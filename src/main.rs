@@ -40,8 +40,11 @@ enum Cmd {
         #[arg(long, default_value = "https://127.0.0.1:6443")]
         server: String,
         /// User name (the certificate's CN).
-        #[arg(long, default_value = "admin")]
+        #[arg(long, default_value = "admin", conflicts_with = "node")]
         user: String,
+        /// A node daemon's kubeconfig instead: user system:node:NODE in group system:nodes.
+        #[arg(long)]
+        node: Option<String>,
         /// Groups (the certificate's O), comma-separated; admin defaults to system:masters.
         #[arg(long, value_delimiter = ',')]
         groups: Option<Vec<String>>,
@@ -135,8 +138,14 @@ fn main() -> ExitCode {
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(apiserver::run(cfg, api))
         }),
         Cmd::Up { dir } => tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(Into::into).and_then(|rt| rt.block_on(apiserver::up(dir))),
-        Cmd::Kubeconfig { pki, server, user, groups, out } => {
-            let groups = groups.unwrap_or_else(|| if user == "admin" { vec!["system:masters".into()] } else { vec![] });
+        Cmd::Kubeconfig { pki, server, user, node, groups, out } => {
+            let (user, groups) = match node {
+                Some(n) => (format!("system:node:{n}"), groups.unwrap_or_else(|| vec!["system:nodes".into()])),
+                None => {
+                    let g = groups.unwrap_or_else(|| if user == "admin" { vec!["system:masters".into()] } else { vec![] });
+                    (user, g)
+                }
+            };
             let gs: Vec<&str> = groups.iter().map(String::as_str).collect();
             apiserver::kubeconfig::write(&pki, &server, &user, &gs, &out)
         }

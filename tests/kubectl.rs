@@ -704,3 +704,38 @@ fn a_deposed_leader_never_serves_a_stale_object() {
         assert_eq!(String::from_utf8_lossy(&out.stdout), "2", "{}", String::from_utf8_lossy(&out.stderr));
     }
 }
+
+#[test]
+fn a_node_may_change_only_its_own_node_lease_and_pods() {
+    let c = up();
+    let kc = c.path().join("node-a.kubeconfig");
+    let server = format!("https://{}:6443", c.ip("n1"));
+    let out = std::process::Command::new(common::kuberaft_bin()).args(["kubeconfig", "--pki"]).arg(c.path().join("pki")).args(["--server", &server, "--node", "node-a", "--out"]).arg(&kc).output().expect("kubeconfig");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let as_node = |args: &[&str]| std::process::Command::new("kubectl").arg("--kubeconfig").arg(&kc).arg("--cache-dir").arg(c.path().join("kcache-node")).args(args).output().expect("kubectl");
+    let node = |n: &str| format!("apiVersion: v1\nkind: Node\nmetadata: {{name: {n}}}\n");
+    let out = as_node(&["apply", "-f", &c.file("na.yaml", &node("node-a"))]);
+    assert!(out.status.success(), "a node registers itself: {}", String::from_utf8_lossy(&out.stderr));
+    c.kubectl_ok(&["apply", "-f", &c.file("nb.yaml", &node("node-b"))]);
+    let out = as_node(&["label", "node", "node-b", "x=y"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("node 'node-a' cannot modify node"), "{err}");
+    assert!(as_node(&["label", "node", "node-a", "x=y"]).status.success());
+    let lease = |n: &str| format!("apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {{name: {n}, namespace: kube-node-lease}}\nspec: {{holderIdentity: {n}, leaseDurationSeconds: 40}}\n");
+    assert!(as_node(&["apply", "-f", &c.file("la.yaml", &lease("node-a"))]).status.success());
+    let out = as_node(&["apply", "-f", &c.file("lb.yaml", &lease("node-b"))]);
+    assert!(!out.status.success(), "another node's lease");
+    let pod = |n: &str, node: &str| format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {n}}}\nspec:\n  nodeName: {node}\n  containers:\n  - {{name: c, image: busybox}}\n");
+    c.kubectl_ok(&["apply", "-f", &c.file("pa.yaml", &pod("pa", "node-a"))]);
+    c.kubectl_ok(&["apply", "-f", &c.file("pb.yaml", &pod("pb", "node-b"))]);
+    let status = r#"{"status":{"phase":"Running"}}"#;
+    let out = as_node(&["patch", "pod", "pa", "--subresource=status", "--type=merge", "-p", status]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = as_node(&["patch", "pod", "pb", "--subresource=status", "--type=merge", "-p", status]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("can only modify pods bound to it"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(c.kubectl_ok(&["get", "pod", "pa", "-o", "jsonpath={.status.phase}"]), "Running");
+    assert_eq!(c.kubectl_ok(&["get", "pod", "pb", "-o", "jsonpath={.status.phase}"]), "Pending");
+    // Reading is allowed; listing secrets is not.
+    assert!(as_node(&["get", "pods", "-A"]).status.success());
+    assert!(!as_node(&["get", "secrets", "-A"]).status.success());
+}

@@ -17,6 +17,7 @@ pub mod error;
 pub mod kubeconfig;
 pub mod managed;
 pub mod metrics;
+pub mod node_authz;
 pub mod openapi;
 pub mod patch;
 pub mod pods;

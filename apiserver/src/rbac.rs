@@ -644,13 +644,13 @@ fn node_rules() -> Vec<Value> {
         rule(READ, &[""], &["services"]),
         // Self-registration and status.
         rule(&["create", "get", "list", "watch"], &[""], &["nodes"]),
-        rule(&["update", "patch"], &[""], &["nodes/status"]),
+        rule(&["get", "update", "patch"], &[""], &["nodes/status"]),
         rule(&["update", "patch"], &[""], &["nodes"]),
         rule(&["create", "update", "patch"], &[""], &["events"]),
         rule(READ, &[""], &["pods"]),
         // Mirror pods.
         rule(&["create", "delete"], &[""], &["pods"]),
-        rule(&["update", "patch"], &[""], &["pods/status"]),
+        rule(&["get", "update", "patch"], &[""], &["pods/status"]),
         rule(&["create"], &[""], &["pods/eviction"]),
         // Volumes and env from secrets/configmaps.
         rule(READ, &[""], &["secrets", "configmaps"]),

@@ -401,6 +401,7 @@ impl Api {
         let body = decode_body(req)?;
         let dry = is_dry_run(req)?;
         let (obj, warnings) = self.prepare_create(req, t, body, Some(&req.body), None)?;
+        crate::node_authz::admit_node_create(&req.user, &t.res, &obj)?;
         let manager = field_manager(req);
         let obj = crate::managed::track_update(&t.res.kind, None, &obj, &manager, &t.res.api_version(), "", &now_rfc3339());
         let stored = self.create_object(t, obj, dry).await?;
@@ -740,6 +741,7 @@ impl Api {
                 }
                 let obj = crate::managed::apply(&t.res.kind, None, &applied, &manager, &api_version, force, "", &now).map_err(|c| self.apply_conflict(t, &c))?;
                 let (obj, _) = self.prepare_create(req, t, obj, None, Some("Ignore"))?;
+                crate::node_authz::admit_node_create(&req.user, &t.res, &obj)?;
                 let stored = self.create_object(t, obj, dry).await?;
                 return Ok(Reply::code(201, stored).with_warnings(warnings));
             };

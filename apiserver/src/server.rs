@@ -451,6 +451,9 @@ async fn resource_request(api: &Arc<Api>, req: &Request, group: &str, version: &
             name: name.clone().unwrap_or_default(),
             path: req.path.clone(),
         };
+        if let Some(node) = crate::node_authz::node_name(&req.user.name, &req.user.groups) {
+            api.authorize_node(&node, &attrs).await?;
+        }
         check(api, &attrs).await?;
     }
     if res.is_review() {
