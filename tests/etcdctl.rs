@@ -13,9 +13,7 @@ use std::time::{Duration, Instant};
 // ---------------------------------------------------------------- helpers
 
 fn cluster3() -> Cluster {
-    // The store alone: these tests count keys and revisions, which the Kubernetes API's
-    // bootstrap objects would add to.
-    Cluster::up(3, &["--no-kubernetes-api"])
+    Cluster::up(3, common::STORE_ONLY)
 }
 
 fn text(b: &[u8]) -> String {

@@ -57,7 +57,7 @@ async fn increment(cli: &mut etcd_client::Client, key: &str) -> Outcome {
 fn cas_counters_survive_random_kills_and_restarts_without_lost_or_doubled_updates() {
     let seed: u64 = std::env::var("NEMESIS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
     eprintln!("NEMESIS_SEED={seed}");
-    let c = Cluster::up(3, &[]);
+    let c = Cluster::up(3, common::STORE_ONLY);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let pki = c.path().join("pki");

@@ -286,3 +286,7 @@ impl Cluster {
         }
     }
 }
+
+/// Server flags for tests of the store alone: they count keys and revisions, which the
+/// Kubernetes API's bootstrap objects would add to.
+pub const STORE_ONLY: &[&str] = &["--no-kubernetes-api"];
