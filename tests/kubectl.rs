@@ -739,3 +739,55 @@ fn a_node_may_change_only_its_own_node_lease_and_pods() {
     assert!(as_node(&["get", "pods", "-A"]).status.success());
     assert!(!as_node(&["get", "secrets", "-A"]).status.success());
 }
+
+#[test]
+fn bad_requests_get_kubernetes_status_errors_and_store_nothing() {
+    let c = up();
+    let pki = c.path().join("pki");
+    let base = format!("https://{}:6443/api/v1/namespaces/default/configmaps", c.ip("n2"));
+    // curl with the admin certificate: status code and body.
+    let curl = |method: &str, url: &str, ctype: Option<&str>, body: &[u8]| -> (u16, serde_json::Value) {
+        let data = c.path().join("body.bin");
+        std::fs::write(&data, body).expect("write body");
+        let mut cmd = std::process::Command::new("curl");
+        cmd.args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", method]).arg("--cacert").arg(pki.join("ca.crt")).arg("--cert").arg(pki.join("client.crt")).arg("--key").arg(pki.join("client.key"));
+        match ctype {
+            Some(t) => cmd.args(["-H", &format!("Content-Type: {t}")]),
+            None => cmd.args(["-H", "Content-Type:"]),
+        };
+        let out = cmd.arg("--data-binary").arg(format!("@{}", data.display())).arg(url).output().expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), serde_json::from_str(body).unwrap_or(serde_json::Value::Null))
+    };
+    let (code, st) = curl("POST", &base, Some("application/json"), b"{\"apiVersion\":\"v1\",");
+    assert_eq!((code, st["kind"].as_str(), st["reason"].as_str()), (400, Some("Status"), Some("BadRequest")), "{st}");
+    let (code, st) = curl("POST", &base, Some("application/yaml"), b"kind: [unclosed");
+    assert_eq!(code, 400, "{st}");
+    let (code, st) = curl("POST", &base, Some("application/json"), br#"{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"x"}}"#);
+    assert_eq!(code, 400, "wrong apiVersion/kind for the URL: {st}");
+    // No Content-Type is JSON.
+    let (code, st) = curl("POST", &base, None, br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"plain"}}"#);
+    assert_eq!(code, 201, "{st}");
+    let big = format!(r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"big"}},"data":{{"a":"{}"}}}}"#, "x".repeat(4 << 20));
+    let (code, st) = curl("POST", &base, Some("application/json"), big.as_bytes());
+    assert_eq!((code, st["reason"].as_str()), (413, Some("RequestEntityTooLarge")), "{st}");
+    let (code, st) = curl("PATCH", &format!("{base}/plain"), Some("application/x-unknown-patch"), b"{}");
+    assert_eq!((code, st["reason"].as_str()), (415, Some("UnsupportedMediaType")), "{st}");
+    let (code, st) = curl("GET", &format!("{base}?resourceVersion=abc"), None, b"");
+    assert_eq!(code, 400, "{st}");
+    let (code, st) = curl("GET", &format!("{base}?labelSelector=a%20in%20(b"), None, b"");
+    assert_eq!(code, 400, "{st}");
+    let (code, st) = curl("GET", &format!("{base}?limit=1&continue=garbage"), None, b"");
+    assert_eq!(code, 400, "{st}");
+    let (code, st) = curl("PUT", &format!("{base}/plain"), Some("application/json"), br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"plain","resourceVersion":"1"}}"#);
+    assert_eq!((code, st["reason"].as_str()), (409, Some("Conflict")), "{st}");
+    let (code, _) = curl("GET", &format!("https://{}:6443/api/v1/nosuchthing", c.ip("n2")), None, b"");
+    assert_eq!(code, 404);
+    // Nothing of the above was stored.
+    let names = c.kubectl_ok(&["get", "cm", "-o", "name"]);
+    assert!(!names.contains("configmap/x") && !names.contains("configmap/big"), "{names}");
+    assert!(names.contains("configmap/plain"));
+    // The server still answers.
+    assert_eq!(json(&c.kubectl_ok(&["version", "-o", "json"]))["serverVersion"]["minor"], "33");
+}

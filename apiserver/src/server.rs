@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Method, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -183,14 +183,9 @@ async fn handle(api: Arc<Api>, req: hyper::Request<Incoming>, cert_user: Option<
         None if is_public(&path) => User { name: "system:anonymous".into(), groups: vec!["system:unauthenticated".into()] },
         None => return error_response(&ApiError::Unauthorized),
     };
-    let body = match Limited::new(body, MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-                return error_response(&ApiError::TooLarge);
-            }
-            return error_response(&ApiError::BadRequest(format!("cannot read the request body: {e}")));
-        }
+    let body = match read_body(body).await {
+        Ok(b) => b,
+        Err(e) => return error_response(&e),
     };
     let user = match impersonate(&api, &parts.headers, user).await {
         Ok(u) => u,
@@ -209,6 +204,31 @@ async fn handle(api: Arc<Api>, req: hyper::Request<Incoming>, cert_user: Option<
     api.metrics.latency.get_or_create(&crate::metrics::VerbLabels { verb: verb.clone(), resource: resource.clone() }).observe(started.elapsed().as_secs_f64());
     tracing::debug!(%method, %path, user = %request.user.name, %code, ms = started.elapsed().as_millis() as u64, "request");
     resp
+}
+
+/// Bodies above this are not even drained: the connection is dropped instead.
+const MAX_DRAIN: usize = 64 << 20;
+
+/// Reads a request body up to MAX_BODY. A larger one is read to its end and discarded (up to
+/// MAX_DRAIN) so that the client gets the 413 instead of a reset connection.
+async fn read_body(mut body: Incoming) -> ApiResult<Bytes> {
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::BadRequest(format!("cannot read the request body: {e}")))?;
+        let Ok(data) = frame.into_data() else { continue };
+        seen += data.len();
+        if seen > MAX_DRAIN {
+            break;
+        }
+        if seen <= MAX_BODY {
+            buf.extend_from_slice(&data);
+        }
+    }
+    if seen > MAX_BODY {
+        return Err(ApiError::TooLarge);
+    }
+    Ok(buf.freeze())
 }
 
 fn error_response(e: &ApiError) -> Response<Body> {
