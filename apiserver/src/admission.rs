@@ -138,7 +138,75 @@ fn counted(res_kind: &str, res_plural: &str, group: &str, r: &str) -> bool {
     }
 }
 
+/// Where the ServiceAccount token, CA and namespace appear in every container.
+pub const SA_MOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// ServiceAccount admission: the pod gets a projected volume with a bound token, the cluster CA
+/// (ConfigMap kube-root-ca.crt) and its namespace, mounted in every container, unless it or its
+/// ServiceAccount opts out (automountServiceAccountToken: false) or already mounts that path.
+pub fn inject_service_account_volume(pod: &mut Value, sa: Option<&Value>) {
+    if pod["spec"]["automountServiceAccountToken"].as_bool() == Some(false) {
+        return;
+    }
+    if pod["spec"]["automountServiceAccountToken"].is_null() && sa.map(|s| s["automountServiceAccountToken"].as_bool() == Some(false)).unwrap_or(false) {
+        return;
+    }
+    let mounted = ["containers", "initContainers"]
+        .iter()
+        .flat_map(|l| pod["spec"][*l].as_array().into_iter().flatten())
+        .any(|c| c["volumeMounts"].as_array().into_iter().flatten().any(|m| m["mountPath"] == SA_MOUNT_PATH));
+    if mounted {
+        return;
+    }
+    use rand::Rng;
+    const ALPHA: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut r = rand::rng();
+    let suffix: String = (0..5).map(|_| ALPHA[r.random_range(0..ALPHA.len())] as char).collect();
+    let name = format!("kube-api-access-{suffix}");
+    let volume = json!({
+        "name": name,
+        "projected": {"defaultMode": 420, "sources": [
+            {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+            {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+            {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
+        ]},
+    });
+    if !pod["spec"]["volumes"].is_array() {
+        pod["spec"]["volumes"] = json!([]);
+    }
+    if let Some(v) = pod["spec"]["volumes"].as_array_mut() {
+        v.push(volume);
+    }
+    for list in ["initContainers", "containers"] {
+        for c in pod["spec"][list].as_array_mut().into_iter().flatten() {
+            if !c["volumeMounts"].is_array() {
+                c["volumeMounts"] = json!([]);
+            }
+            if let Some(m) = c["volumeMounts"].as_array_mut() {
+                m.push(json!({"name": name, "readOnly": true, "mountPath": SA_MOUNT_PATH}));
+            }
+        }
+    }
+}
+
 impl Api {
+    /// ServiceAccount admission for a new pod (see inject_service_account_volume). A missing
+    /// ServiceAccount is not an error yet: the controller that creates `default` in every
+    /// namespace comes with the controllers.
+    pub async fn admit_service_account(&self, t: &Target, pod: &mut Value) -> ApiResult<()> {
+        if !(t.res.group.is_empty() && t.res.kind == "Pod") {
+            return Ok(());
+        }
+        let sa_name = pod["spec"]["serviceAccountName"].as_str().unwrap_or("default").to_string();
+        let cat = self.catalog.get();
+        let sa = match cat.lookup("", "v1", "serviceaccounts") {
+            Some(r) => self.store.get(&crate::store::object_key(&r, t.ns.as_deref(), &sa_name), Freshness::Any).await?.map(|(v, _)| v),
+            None => None,
+        };
+        inject_service_account_volume(pod, sa.as_ref());
+        Ok(())
+    }
+
     /// LimitRange (type Container) defaults for containers that set no requests/limits, then
     /// the min/max bounds (403 like the upstream plugin).
     pub async fn admit_limit_ranges(&self, t: &Target, pod: &mut Value) -> ApiResult<()> {
@@ -263,6 +331,24 @@ impl Api {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pods_get_a_token_volume_unless_they_opt_out() {
+        let mut pod = json!({"spec": {"containers": [{"name": "a"}, {"name": "b", "volumeMounts": [{"name": "x", "mountPath": "/x"}]}]}});
+        inject_service_account_volume(&mut pod, None);
+        let vol = pod["spec"]["volumes"][0].clone();
+        assert!(vol["name"].as_str().unwrap_or("").starts_with("kube-api-access-"));
+        assert_eq!(vol["projected"]["sources"][0]["serviceAccountToken"]["path"], "token");
+        for c in pod["spec"]["containers"].as_array().cloned().unwrap_or_default() {
+            assert!(c["volumeMounts"].as_array().map(|m| m.iter().any(|m| m["mountPath"] == SA_MOUNT_PATH && m["name"] == vol["name"])).unwrap_or(false), "{c}");
+        }
+        let mut off = json!({"spec": {"automountServiceAccountToken": false, "containers": [{"name": "a"}]}});
+        inject_service_account_volume(&mut off, None);
+        assert!(off["spec"].get("volumes").is_none());
+        let mut by_sa = json!({"spec": {"containers": [{"name": "a"}]}});
+        inject_service_account_volume(&mut by_sa, Some(&json!({"automountServiceAccountToken": false})));
+        assert!(by_sa["spec"].get("volumes").is_none());
+    }
 
     #[test]
     fn quantities_parse_with_binary_and_decimal_suffixes() {

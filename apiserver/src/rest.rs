@@ -419,6 +419,7 @@ impl Api {
         let target = Target { name: Some(name.clone()), ..t.clone() };
         for _ in 0..MAX_RETRIES {
             let mut obj = obj.clone();
+            self.admit_service_account(&target, &mut obj).await?;
             self.admit_limit_ranges(&target, &mut obj).await?;
             let guards = self.admit_quota(&target, &obj).await?;
             let extra = self.allocate(&target, &mut obj, dry).await?;

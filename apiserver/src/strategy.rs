@@ -507,6 +507,38 @@ pub fn immutable_fields(res: &ResourceDef, old: &Value, new: &Value) -> Vec<Caus
         ("apps", "Deployment") | ("apps", "ReplicaSet") | ("apps", "DaemonSet") | ("apps", "StatefulSet") => check(&["spec", "selector"], "spec.selector"),
         ("", "Service") => check(&["spec", "clusterIP"], "spec.clusterIP"),
         ("batch", "Job") => check(&["spec", "selector"], "spec.selector"),
+        ("", "Pod") => {
+            // A pod's spec is fixed once created, except images, deadlines, added tolerations,
+            // removed scheduling gates, and the node it is bound to.
+            let masked = |v: &Value| {
+                let mut s = v["spec"].clone();
+                for list in ["containers", "initContainers"] {
+                    if let Some(cs) = s.get_mut(list).and_then(Value::as_array_mut) {
+                        for c in cs.iter_mut().filter_map(Value::as_object_mut) {
+                            c.remove("image");
+                        }
+                    }
+                }
+                if let Some(m) = s.as_object_mut() {
+                    // nodeName is checked on its own below.
+                    for k in ["activeDeadlineSeconds", "tolerations", "terminationGracePeriodSeconds", "schedulingGates", "nodeName"] {
+                        m.remove(k);
+                    }
+                }
+                s
+            };
+            if masked(old) != masked(new) {
+                causes.push(Cause::forbidden(
+                    "spec",
+                    "pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)",
+                ));
+            }
+            // Unbound to bound is allowed (binding); a bound pod stays where it is.
+            let was = old["spec"]["nodeName"].as_str().unwrap_or("");
+            if !was.is_empty() && new["spec"]["nodeName"].as_str().unwrap_or("") != was {
+                causes.push(Cause::immutable("spec.nodeName"));
+            }
+        }
         ("", "Secret") | ("", "ConfigMap") => {
             if old["immutable"].as_bool() == Some(true) {
                 check(&["data"], "data");
@@ -544,6 +576,20 @@ mod tests {
         assert!(!is_dns1123_label("a.b"));
         assert!(is_dns1123_subdomain("a.b"));
         assert!(!is_dns1123_subdomain("-a"));
+    }
+
+    #[test]
+    fn a_pod_spec_changes_only_in_images_and_binding() {
+        let res = crate::catalog::Catalog::new().get().lookup("", "v1", "pods").expect("pods");
+        let old = json!({"spec": {"containers": [{"name": "a", "image": "x:1"}]}});
+        let image = json!({"spec": {"containers": [{"name": "a", "image": "x:2"}]}});
+        assert!(immutable_fields(&res, &old, &image).is_empty());
+        let bound = json!({"spec": {"nodeName": "n1", "containers": [{"name": "a", "image": "x:1"}]}});
+        assert!(immutable_fields(&res, &old, &bound).is_empty(), "binding");
+        let moved = json!({"spec": {"nodeName": "n2", "containers": [{"name": "a", "image": "x:1"}]}});
+        assert_eq!(immutable_fields(&res, &bound, &moved).len(), 1);
+        let added = json!({"spec": {"containers": [{"name": "a", "image": "x:1"}, {"name": "b", "image": "y"}]}});
+        assert_eq!(immutable_fields(&res, &old, &added)[0].field, "spec");
     }
 
     #[test]
