@@ -89,3 +89,22 @@ async fn kube_rs_crud_patch_apply_scale_and_watcher_work() {
         other => panic!("unexpected error {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_rs_exec_reaches_the_node_through_the_apiserver() {
+    let c = Cluster::up(3, &[]);
+    c.wait_api();
+    let _node = c.fake_node("n6", "fake-rs");
+    c.kubectl_ok(&["apply", "-f", &c.file("pod.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: rs-pod}\nspec:\n  nodeName: fake-rs\n  containers:\n  - {name: app, image: busybox}\n")]);
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client(&c, "n3").await, "default");
+    let mut attached = pods
+        .exec("rs-pod", ["echo", "from", "rust"], &kube::api::AttachParams::default().stderr(false))
+        .await
+        .expect("exec");
+    let mut out = String::new();
+    use tokio::io::AsyncReadExt;
+    attached.stdout().expect("stdout").read_to_string(&mut out).await.expect("read");
+    let status = attached.take_status().expect("status").await;
+    assert_eq!(out, "ran echo from rust in app for kuberaft\n");
+    assert_eq!(status.and_then(|s| s.status).as_deref(), Some("Success"));
+}

@@ -490,37 +490,11 @@ fn service_account_tokens_authenticate_until_the_account_is_deleted() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("You must be logged in"), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// Kills the child process on drop.
-struct Kill(std::process::Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn logs_and_exec_are_proxied_to_the_node_with_the_apiserver_certificate() {
     let c = up();
     // A stand-in node daemon on an address the cluster's server certificate covers.
-    let ip = c.ip("n6");
-    let pki = c.path().join("pki");
-    let mut node = std::process::Command::new("/usr/bin/python3")
-        .arg(common::repo_root().join("tests/clients/fake_node.py"))
-        .args([ip.as_str(), "10250"])
-        .arg(pki.join("server.crt"))
-        .arg(pki.join("server.key"))
-        .arg(pki.join("ca.crt"))
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("fake node");
-    let mut ready = String::new();
-    use std::io::BufRead;
-    std::io::BufReader::new(node.stdout.take().expect("stdout")).read_line(&mut ready).expect("ready line");
-    assert_eq!(ready.trim(), "ready");
-    let _node = Kill(node);
-    let node_yaml = format!("apiVersion: v1\nkind: Node\nmetadata: {{name: fake-1}}\nstatus:\n  addresses:\n  - {{type: InternalIP, address: \"{ip}\"}}\n  daemonEndpoints:\n    kubeletEndpoint: {{Port: 10250}}\n");
-    c.kubectl_ok(&["apply", "-f", &c.file("node.yaml", &node_yaml)]);
+    let _node = c.fake_node("n6", "fake-1");
     c.kubectl_ok(&["apply", "-f", &c.file("pod.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: p1}\nspec:\n  nodeName: fake-1\n  containers:\n  - {name: app, image: busybox}\n  - {name: side, image: busybox}\n")]);
     let logs = c.kubectl_ok(&["logs", "p1", "-c", "side", "--tail=5"]);
     assert!(logs.contains("log line 1 of default/p1/side"), "{logs}");
@@ -534,6 +508,15 @@ fn logs_and_exec_are_proxied_to_the_node_with_the_apiserver_certificate() {
     let out = c.kubectl(&["exec", "p1", "-c", "app", "--", "false"]);
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("command terminated with exit code 1"), "{}", String::from_utf8_lossy(&out.stderr));
+    // The Python client's exec (WebSocket v4/v5) through the same proxy, via another replica.
+    let out = std::process::Command::new("/usr/bin/python3")
+        .arg(common::repo_root().join("tests/clients/python_exec.py"))
+        .arg(c.path().join("n3").join("kubeconfig"))
+        .args(["p1", "app"])
+        .output()
+        .expect("python exec");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ran echo from python in app for kuberaft\n");
     // A pod that is not scheduled has nowhere to stream from.
     c.kubectl_ok(&["apply", "-f", &c.file("pod2.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: p2}\nspec:\n  containers:\n  - {name: app, image: busybox}\n")]);
     let err = c.kubectl_err(&["logs", "p2"]);

@@ -290,3 +290,39 @@ impl Cluster {
 /// Server flags for tests of the store alone: they count keys and revisions, which the
 /// Kubernetes API's bootstrap objects would add to.
 pub const STORE_ONLY: &[&str] = &["--no-kubernetes-api"];
+
+/// Kills a child process on drop.
+pub struct KillOnDrop(pub std::process::Child);
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Cluster {
+    /// A stand-in node daemon (tests/clients/fake_node.py: logs and exec at kubelet's paths,
+    /// client certificates required) on the address of replica slot `slot` (one the cluster's
+    /// server certificate covers), registered as Node `node`.
+    pub fn fake_node(&self, slot: &str, node: &str) -> KillOnDrop {
+        use std::io::BufRead;
+        let ip = self.ip(slot);
+        let pki = self.path().join("pki");
+        let mut child = Command::new("/usr/bin/python3")
+            .arg(repo_root().join("tests/clients/fake_node.py"))
+            .args([ip.as_str(), "10250"])
+            .arg(pki.join("server.crt"))
+            .arg(pki.join("server.key"))
+            .arg(pki.join("ca.crt"))
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("fake node");
+        let mut ready = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut ready).expect("ready line");
+        assert_eq!(ready.trim(), "ready");
+        let guard = KillOnDrop(child);
+        let yaml = format!("apiVersion: v1\nkind: Node\nmetadata: {{name: {node}}}\nstatus:\n  addresses:\n  - {{type: InternalIP, address: \"{ip}\"}}\n  daemonEndpoints:\n    kubeletEndpoint: {{Port: 10250}}\n");
+        self.kubectl_ok(&["apply", "-f", &self.file(&format!("{node}.yaml"), &yaml)]);
+        guard
+    }
+}
