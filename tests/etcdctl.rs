@@ -687,3 +687,46 @@ fn get_future_revision_fails_with_future_revision() {
     let out = c.etcdctl(&["get", "f", &format!("--rev={future}")]);
     assert_fails_with(&out, "future revision");
 }
+
+#[test]
+fn only_administrator_certificates_reach_the_etcd_api() {
+    let c = cluster3();
+    c.etcdctl_ok(&["put", "guarded", "v"]);
+    // A Kubernetes user's certificate from the same CA (what `kuberaft kubeconfig` issues).
+    let kc = c.path().join("mallory.kubeconfig");
+    let out = Command::new(common::kuberaft_bin()).args(["kubeconfig", "--pki"]).arg(c.path().join("pki")).args(["--user", "mallory", "--groups", "system:nodes", "--out"]).arg(&kc).output().expect("kubeconfig");
+    assert!(out.status.success(), "{}", describe(&out));
+    let text = std::fs::read_to_string(&kc).expect("read kubeconfig");
+    let field = |name: &str| -> String {
+        let line = text.lines().find(|l| l.trim_start().starts_with(name)).expect("field");
+        let b64 = line.split_once(':').expect("value").1.trim();
+        let out = Command::new("base64").arg("-d").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().and_then(|mut ch| {
+            use std::io::Write;
+            ch.stdin.take().expect("stdin").write_all(b64.as_bytes())?;
+            ch.wait_with_output()
+        });
+        String::from_utf8(out.expect("base64").stdout).expect("pem")
+    };
+    let (crt, key) = (c.path().join("mallory.crt"), c.path().join("mallory.key"));
+    std::fs::write(&crt, field("client-certificate-data")).expect("write");
+    std::fs::write(&key, field("client-key-data")).expect("write");
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg("--endpoints")
+        .arg(c.client_url("n1"))
+        .arg("--cacert")
+        .arg(c.path().join("pki/ca.crt"))
+        .arg("--cert")
+        .arg(&crt)
+        .arg("--key")
+        .arg(&key)
+        .args(["--command-timeout=5s", "get", "guarded"])
+        .output()
+        .expect("etcdctl");
+    assert!(!out.status.success(), "a user certificate read the store: {}", describe(&out));
+    assert!(text_of(&out.stderr).contains("permission denied"), "{}", describe(&out));
+}
+
+fn text_of(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}

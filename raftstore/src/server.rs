@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
 use serde::Deserialize;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
 use crate::etcd_api::{EtcdApi, GRPC_OVERHEAD_BYTES, MAX_REQUEST_BYTES};
@@ -248,7 +249,7 @@ pub async fn run_with(mut cfg: ServerConfig, extra: Option<Extra>) -> anyhow::Re
     let peer = tonic::transport::Server::builder()
         .tls_config(server_tls.clone())?
         .tcp_nodelay(true)
-        .add_service(PeerService { replica: replica.clone() }.into_server())
+        .add_service(InterceptedService::new(PeerService { replica: replica.clone() }.into_server(), only_replicas))
         .serve_with_incoming_shutdown(nodelay(peer_listener), stopped(stop_rx.clone()));
     let peer_task = tokio::spawn(peer);
 
@@ -259,11 +260,11 @@ pub async fn run_with(mut cfg: ServerConfig, extra: Option<Extra>) -> anyhow::Re
         .tls_config(server_tls)?
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
-        .add_service(PbKvServer::new(api.clone()).max_decoding_message_size(max))
-        .add_service(PbWatchServer::new(api.clone()).max_decoding_message_size(max))
-        .add_service(PbLeaseServer::new(api.clone()).max_decoding_message_size(max))
-        .add_service(PbClusterServer::new(api.clone()).max_decoding_message_size(max))
-        .add_service(PbMaintenanceServer::new(api.clone()).max_decoding_message_size(max).max_encoding_message_size(8 << 20))
+        .add_service(InterceptedService::new(PbKvServer::new(api.clone()).max_decoding_message_size(max), replicas_and_admins))
+        .add_service(InterceptedService::new(PbWatchServer::new(api.clone()).max_decoding_message_size(max), replicas_and_admins))
+        .add_service(InterceptedService::new(PbLeaseServer::new(api.clone()).max_decoding_message_size(max), replicas_and_admins))
+        .add_service(InterceptedService::new(PbClusterServer::new(api.clone()).max_decoding_message_size(max), replicas_and_admins))
+        .add_service(InterceptedService::new(PbMaintenanceServer::new(api.clone()).max_decoding_message_size(max).max_encoding_message_size(8 << 20), replicas_and_admins))
         .serve_with_incoming_shutdown(nodelay(client_listener), stopped(stop_rx.clone()));
     let client_task = tokio::spawn(client);
 
@@ -293,6 +294,38 @@ pub async fn run_with(mut cfg: ServerConfig, extra: Option<Extra>) -> anyhow::Re
         anyhow::bail!("this replica was removed from the cluster; to rejoin, wipe {} and add it again (etcdctl member add)", cfg.replica.data_dir.display());
     }
     Ok(())
+}
+
+/// The common name of the replicas' own certificate (`kuberaft certs`).
+pub const REPLICA_CN: &str = "kuberaft";
+
+/// CN and O values of the client certificate of a request.
+fn client_identity(req: &tonic::Request<()>) -> Option<(String, Vec<String>)> {
+    let certs = req.peer_certs()?;
+    let der = certs.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    let subject = cert.subject();
+    let cn = subject.iter_common_name().next()?.as_str().ok()?.to_string();
+    let orgs = subject.iter_organization().filter_map(|o| o.as_str().ok().map(str::to_string)).collect();
+    Some((cn, orgs))
+}
+
+/// Replica RPC: only other replicas. The same CA signs users' and nodes' certificates for the
+/// Kubernetes API, so a valid certificate alone must not be enough.
+fn only_replicas(req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    match client_identity(&req) {
+        Some((cn, _)) if cn == REPLICA_CN => Ok(req),
+        _ => Err(tonic::Status::permission_denied("only replicas may use the peer port")),
+    }
+}
+
+/// The etcd API: replicas and administrators (O=system:masters). Kubernetes users and nodes go
+/// through the Kubernetes API and its authorization, never around it.
+fn replicas_and_admins(req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    match client_identity(&req) {
+        Some((cn, orgs)) if cn == REPLICA_CN || orgs.iter().any(|o| o == "system:masters") => Ok(req),
+        _ => Err(tonic::Status::permission_denied("etcdserver: permission denied (the etcd API needs an administrator certificate, O=system:masters)")),
+    }
 }
 
 /// Accepted connections with Nagle's algorithm off: small gRPC frames (heartbeats, acks, read
