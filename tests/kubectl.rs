@@ -718,9 +718,20 @@ fn a_node_may_change_only_its_own_node_lease_and_pods() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("can only modify pods bound to it"), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(c.kubectl_ok(&["get", "pod", "pa", "-o", "jsonpath={.status.phase}"]), "Running");
     assert_eq!(c.kubectl_ok(&["get", "pod", "pb", "-o", "jsonpath={.status.phase}"]), "Pending");
-    // Reading is allowed; listing secrets is not.
+    // Reading is allowed; listing secrets is not, and only its pods' secrets can be read.
     assert!(as_node(&["get", "pods", "-A"]).status.success());
     assert!(!as_node(&["get", "secrets", "-A"]).status.success());
+    c.kubectl_ok(&["create", "secret", "generic", "mine", "--from-literal=a=b"]);
+    c.kubectl_ok(&["create", "secret", "generic", "other", "--from-literal=a=b"]);
+    c.kubectl_ok(&["apply", "-f", &c.file("pc.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: pc}\nspec:\n  nodeName: node-a\n  containers:\n  - {name: c, image: busybox}\n  volumes:\n  - {name: s, secret: {secretName: mine}}\n")]);
+    assert!(as_node(&["get", "secret", "mine"]).status.success());
+    let out = as_node(&["get", "secret", "other"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no relationship"), "{}", String::from_utf8_lossy(&out.stderr));
+    // Tokens only for its own pods' service accounts.
+    c.kubectl_ok(&["create", "serviceaccount", "ctrl", "-n", "kube-system"]);
+    let tr = c.file("tr.json", r#"{"apiVersion":"authentication.k8s.io/v1","kind":"TokenRequest","spec":{}}"#);
+    let out = as_node(&["create", "--raw", "/api/v1/namespaces/kube-system/serviceaccounts/ctrl/token", "-f", &tr]);
+    assert!(!out.status.success(), "a node minted a token for a service account it does not run");
 }
 
 #[test]

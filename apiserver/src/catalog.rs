@@ -57,6 +57,9 @@ pub struct ResourceDef {
     pub crd_schema: Option<Value>,
     /// CRD additionalPrinterColumns (custom resources only).
     pub printer_columns: Vec<Value>,
+    /// Where the scale subresource reads and writes: spec replicas, status replicas, label
+    /// selector (dotted paths like ".spec.replicas"; the selector path may be empty).
+    pub scale_paths: (String, String, String),
 }
 
 impl std::fmt::Debug for ResourceDef {
@@ -151,6 +154,7 @@ where
         storage,
         crd_schema: None,
         printer_columns: vec![],
+        scale_paths: (".spec.replicas".into(), ".status.replicas".into(), ".spec.selector".into()),
     }
 }
 
@@ -297,6 +301,8 @@ impl Catalog {
     /// Replaces the custom resources (built-ins stay).
     pub fn set_custom(&self, custom: Vec<ResourceDef>) {
         let mut defs = builtins();
+        // A custom resource never replaces a built-in one.
+        let custom: Vec<ResourceDef> = custom.into_iter().filter(|c| !defs.iter().any(|b| b.group == c.group && b.version == c.version && b.plural == c.plural)).collect();
         defs.extend(custom);
         *self.inner.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(CatalogData::new(defs));
     }

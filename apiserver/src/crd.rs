@@ -59,6 +59,11 @@ pub fn defs_from_crd(crd: &Value) -> Vec<ResourceDef> {
             storage: format!("/registry/{group}/{plural}/"),
             crd_schema: Some(v["schema"]["openAPIV3Schema"].clone()).filter(|s| s.is_object()),
             printer_columns: v["additionalPrinterColumns"].as_array().cloned().unwrap_or_default(),
+            scale_paths: {
+                let sc = &v["subresources"]["scale"];
+                let p = |k: &str| sc[k].as_str().unwrap_or("").to_string();
+                (p("specReplicasPath"), p("statusReplicasPath"), p("labelSelectorPath"))
+            },
         });
     }
     out
@@ -73,6 +78,12 @@ pub fn validate_crd(crd: &Value) -> Vec<Cause> {
     let name = crd["metadata"]["name"].as_str().unwrap_or("");
     if group.is_empty() || !group.contains('.') {
         causes.push(Cause::invalid("spec.group", group, "should be a domain with at least one dot"));
+    }
+    // Built-in groups (and Kubernetes' own domains) are not for custom resources: a CRD there
+    // could shadow a built-in resource.
+    let builtin = crate::catalog::builtins().iter().any(|r| r.group == group);
+    if builtin || group.ends_with(".k8s.io") || group.ends_with(".kubernetes.io") || group == "k8s.io" || group == "kubernetes.io" {
+        causes.push(Cause::invalid("spec.group", group, "is a Kubernetes group; custom resources need a group of their own"));
     }
     if plural.is_empty() {
         causes.push(Cause::required("spec.names.plural"));

@@ -23,7 +23,8 @@ fn deny(a: &Attributes, why: &str) -> ApiError {
 impl Api {
     /// Ok(()) lets RBAC decide; an error refuses whatever RBAC would say.
     pub async fn authorize_node(&self, node: &str, a: &Attributes) -> ApiResult<()> {
-        if !a.resource_request || READS.contains(&a.verb.as_str()) && a.resource != "secrets" {
+        let guarded_read = matches!(a.resource.as_str(), "secrets" | "configmaps" | "persistentvolumeclaims");
+        if !a.resource_request || READS.contains(&a.verb.as_str()) && !guarded_read {
             return Ok(());
         }
         match (a.api_group.as_str(), a.resource.as_str()) {
@@ -56,11 +57,88 @@ impl Api {
                     None => Ok(()),
                 }
             }
-            ("", "secrets") if a.verb == "get" => Ok(()),
-            ("", "secrets") => Err(deny(a, "cannot list secrets")),
+            ("", "secrets") | ("", "configmaps") | ("", "persistentvolumeclaims") if a.verb == "get" => {
+                let kind = a.resource.as_str();
+                let used = self.pods_on_node(node, &a.namespace).await?.iter().any(|p| references(p, kind).iter().any(|n| n == &a.name));
+                if used {
+                    Ok(())
+                } else {
+                    Err(deny(a, &format!("has no relationship with this {}", kind.trim_end_matches('s'))))
+                }
+            }
+            ("", "secrets") | ("", "configmaps") | ("", "persistentvolumeclaims") if READS.contains(&a.verb.as_str()) => Err(deny(a, &format!("cannot {} {}", a.verb, a.resource))),
+            ("", "serviceaccounts") if a.subresource == "token" => {
+                let used = self.pods_on_node(node, &a.namespace).await?.iter().any(|p| p["spec"]["serviceAccountName"].as_str().unwrap_or("default") == a.name);
+                if used {
+                    Ok(())
+                } else {
+                    Err(deny(a, "can only create tokens for service accounts of its own pods"))
+                }
+            }
             _ => Ok(()),
         }
     }
+}
+
+impl Api {
+    /// Pods in `ns` bound to `node`.
+    async fn pods_on_node(&self, node: &str, ns: &str) -> ApiResult<Vec<serde_json::Value>> {
+        let cat = self.catalog.get();
+        let pods = cat.lookup("", "v1", "pods").ok_or(ApiError::NoRoute)?;
+        let (start, end) = crate::store::collection_range(&pods, Some(ns));
+        let page = self.store.list(&start, &end, Freshness::Any, 0, &|p| p["spec"]["nodeName"].as_str() == Some(node)).await?;
+        Ok(page.items.into_iter().map(|(v, _)| v).collect())
+    }
+}
+
+/// Names of the objects of `kind` ("secrets", "configmaps", "persistentvolumeclaims") a pod
+/// uses: volumes (also projected), env and envFrom, image pull secrets.
+pub fn references(pod: &serde_json::Value, kind: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut push = |v: &serde_json::Value| {
+        if let Some(n) = v.as_str() {
+            out.push(n.to_string());
+        }
+    };
+    let spec = &pod["spec"];
+    for v in spec["volumes"].as_array().into_iter().flatten() {
+        match kind {
+            "secrets" => push(&v["secret"]["secretName"]),
+            "configmaps" => push(&v["configMap"]["name"]),
+            _ => push(&v["persistentVolumeClaim"]["claimName"]),
+        }
+        for src in v["projected"]["sources"].as_array().into_iter().flatten() {
+            match kind {
+                "secrets" => push(&src["secret"]["name"]),
+                "configmaps" => push(&src["configMap"]["name"]),
+                _ => {}
+            }
+        }
+    }
+    for list in ["containers", "initContainers", "ephemeralContainers"] {
+        for c in spec[list].as_array().into_iter().flatten() {
+            for e in c["env"].as_array().into_iter().flatten() {
+                match kind {
+                    "secrets" => push(&e["valueFrom"]["secretKeyRef"]["name"]),
+                    "configmaps" => push(&e["valueFrom"]["configMapKeyRef"]["name"]),
+                    _ => {}
+                }
+            }
+            for e in c["envFrom"].as_array().into_iter().flatten() {
+                match kind {
+                    "secrets" => push(&e["secretRef"]["name"]),
+                    "configmaps" => push(&e["configMapRef"]["name"]),
+                    _ => {}
+                }
+            }
+        }
+    }
+    if kind == "secrets" {
+        for s in spec["imagePullSecrets"].as_array().into_iter().flatten() {
+            push(&s["name"]);
+        }
+    }
+    out
 }
 
 /// NodeRestriction at create time, where the authorizer has no name to look at: a node may
@@ -88,6 +166,18 @@ pub fn admit_node_create(user: &crate::request::User, res: &crate::catalog::Reso
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pod_references_its_volumes_env_and_pull_secrets() {
+        let pod = serde_json::json!({"spec": {
+            "volumes": [{"secret": {"secretName": "s1"}}, {"configMap": {"name": "c1"}}, {"projected": {"sources": [{"secret": {"name": "s2"}}, {"configMap": {"name": "kube-root-ca.crt"}}]}}, {"persistentVolumeClaim": {"claimName": "data"}}],
+            "containers": [{"env": [{"valueFrom": {"secretKeyRef": {"name": "s3"}}}], "envFrom": [{"configMapRef": {"name": "c2"}}]}],
+            "imagePullSecrets": [{"name": "reg"}]
+        }});
+        assert_eq!(references(&pod, "secrets"), ["s1", "s2", "s3", "reg"]);
+        assert_eq!(references(&pod, "configmaps"), ["c1", "kube-root-ca.crt", "c2"]);
+        assert_eq!(references(&pod, "persistentvolumeclaims"), ["data"]);
+    }
 
     #[test]
     fn node_users_are_recognised_only_with_the_nodes_group() {

@@ -20,9 +20,8 @@ impl Api {
         let pod_t = Target { sub: None, ..t.clone() };
         let name = t.name.clone().unwrap_or_default();
         let precondition_uid = body["metadata"]["uid"].as_str().map(str::to_string);
-        let sub = Some("status");
-        let _ = sub;
-        self.guaranteed_update_pinned(req, &pod_t, None, false, None, |old| {
+        let dry = req.query.get("dryRun") == Some("All");
+        self.guaranteed_update_pinned(req, &pod_t, None, dry, None, |old| {
             if let Some(uid) = &precondition_uid {
                 if old["metadata"]["uid"].as_str() != Some(uid.as_str()) {
                     return Err(ApiError::Conflict { gr: t.res.gr(), name: name.clone(), reason: "the object has been modified; please apply your changes to the latest version and try again".into() });
@@ -42,6 +41,9 @@ impl Api {
             Ok(new)
         })
         .await?;
+        if dry {
+            return Ok(Reply::code(201, json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})));
+        }
         // The condition is status: a second write through the status path.
         let node2 = node.clone();
         self.guaranteed_update_pinned(req, &pod_t, Some("status"), false, None, |old| {
@@ -85,7 +87,8 @@ impl Api {
         let grace = opts["gracePeriodSeconds"].as_i64();
         let uid = opts["preconditions"]["uid"].as_str();
         let rv = opts["preconditions"]["resourceVersion"].as_str();
-        self.delete_object(&pod_t, grace, None, uid, rv, false).await?;
+        let dry = req.query.get("dryRun") == Some("All") || opts["dryRun"].as_array().map(|a| !a.is_empty()).unwrap_or(false);
+        self.delete_object(&pod_t, grace, None, uid, rv, dry).await?;
         Ok(Reply::code(201, json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})))
     }
 }

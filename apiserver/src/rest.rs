@@ -564,7 +564,12 @@ impl Api {
         for v in [&mut old_cmp, &mut new_cmp] {
             if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
                 m.remove("resourceVersion");
-                m.remove("managedFields");
+                // Only the timestamps of managedFields entries do not count as a change.
+                if let Some(mf) = m.get_mut("managedFields").and_then(Value::as_array_mut) {
+                    for e in mf.iter_mut().filter_map(Value::as_object_mut) {
+                        e.remove("time");
+                    }
+                }
             }
         }
         if old_cmp == new_cmp {
@@ -769,17 +774,29 @@ impl Api {
 
     fn scale_of(&self, t: &Target, obj: &Value) -> Value {
         let m = meta(obj);
-        let selector = match LabelSelector::from_json(&obj["spec"]["selector"]) {
-            Ok(s) if !obj["spec"]["selector"].is_null() => s.to_string(),
+        let (spec_path, status_path, sel_path) = &t.res.scale_paths;
+        let sel = get_path(obj, sel_path);
+        // Built-ins keep a LabelSelector object there; custom resources a selector string.
+        let selector = match sel {
+            Some(Value::String(s)) => s.clone(),
+            Some(v) if !v.is_null() => LabelSelector::from_json(v).map(|s| s.to_string()).unwrap_or_default(),
             _ => String::new(),
         };
-        let _ = t;
         json!({
             "kind": "Scale", "apiVersion": "autoscaling/v1",
             "metadata": {"name": m["name"], "namespace": m["namespace"], "uid": m["uid"], "resourceVersion": m["resourceVersion"], "creationTimestamp": m["creationTimestamp"]},
-            "spec": {"replicas": obj["spec"]["replicas"].as_i64().unwrap_or(0)},
-            "status": {"replicas": obj["status"]["replicas"].as_i64().unwrap_or(0), "selector": selector},
+            "spec": {"replicas": get_path(obj, spec_path).and_then(Value::as_i64).unwrap_or(0)},
+            "status": {"replicas": get_path(obj, status_path).and_then(Value::as_i64).unwrap_or(0), "selector": selector},
         })
+    }
+
+    /// The object with its replicas (at the scale spec path) set.
+    fn with_replicas(&self, t: &Target, old: &Value, replicas: i64) -> ApiResult<Value> {
+        let mut new = old.clone();
+        if !set_path(&mut new, &t.res.scale_paths.0, json!(replicas)) {
+            return Err(ApiError::invalid(&t.res.kind, &t.res.group, t.name.as_deref().unwrap_or(""), vec![Cause::invalid(t.res.scale_paths.0.trim_start_matches('.'), "", "cannot be set: a parent field is not an object")]));
+        }
+        Ok(new)
     }
 
     pub async fn get_scale(&self, t: &Target) -> ApiResult<Reply> {
@@ -797,11 +814,7 @@ impl Api {
             _ => None,
         };
         let (obj, _) = self
-            .guaranteed_update_pinned(req, t, None, dry, precondition, |old| {
-                let mut new = old.clone();
-                new["spec"]["replicas"] = json!(replicas);
-                Ok(new)
-            })
+            .guaranteed_update_pinned(req, t, None, dry, precondition, |old| self.with_replicas(t, old, replicas))
             .await?;
         Ok(Reply::ok(self.scale_of(t, &obj)))
     }
@@ -824,9 +837,7 @@ impl Api {
                 if replicas < 0 {
                     return Err(ApiError::invalid("Scale", "autoscaling", t.name.as_deref().unwrap_or(""), vec![Cause::invalid("spec.replicas", replicas, "must be greater than or equal to 0")]));
                 }
-                let mut new = old.clone();
-                new["spec"]["replicas"] = json!(replicas);
-                Ok(new)
+                this.with_replicas(t, old, replicas)
             })
             .await?;
         Ok(Reply::ok(self.scale_of(t, &obj)))
@@ -943,7 +954,8 @@ impl Api {
     pub async fn delete_collection(&self, req: &Request, t: &Target) -> ApiResult<Reply> {
         let (ls, fs) = self.filter(req, &t.res)?;
         let opts: Value = if req.body.is_empty() { json!({}) } else { decode_body(req)? };
-        let dry = is_dry_run(req)?;
+        // client-go sends dryRun in the DeleteOptions body, others in the query.
+        let dry = is_dry_run(req)? || opts["dryRun"].as_array().map(|a| !a.is_empty()).unwrap_or(false);
         let grace = opts["gracePeriodSeconds"].as_i64().or(req.query.int("gracePeriodSeconds")?);
         let policy = opts["propagationPolicy"].as_str().map(str::to_string);
         let (start, end) = collection_range(&t.res, t.ns.as_deref());
@@ -968,6 +980,34 @@ impl Api {
 /// deleted first) before it goes.
 fn spec_finalizers_block(res: &ResourceDef, obj: &Value) -> bool {
     res.group.is_empty() && res.kind == "Namespace" && obj["spec"]["finalizers"].as_array().map(|a| !a.is_empty()).unwrap_or(false)
+}
+
+/// The value at a dotted path like ".spec.replicas".
+pub fn get_path<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
+    let path = path.trim_start_matches('.');
+    if path.is_empty() {
+        return None;
+    }
+    path.split('.').try_fold(v, |cur, k| cur.get(k))
+}
+
+/// Sets the value at a dotted path, creating objects on the way; false (and nothing changed)
+/// when something on the way is not an object.
+pub fn set_path(v: &mut Value, path: &str, val: Value) -> bool {
+    let parts: Vec<&str> = path.trim_start_matches('.').split('.').filter(|p| !p.is_empty()).collect();
+    let Some((last, parents)) = parts.split_last() else { return false };
+    let mut cur = v;
+    for p in parents {
+        let Some(m) = cur.as_object_mut() else { return false };
+        cur = m.entry(p.to_string()).or_insert_with(|| json!({}));
+    }
+    match cur.as_object_mut() {
+        Some(m) => {
+            m.insert(last.to_string(), val);
+            true
+        }
+        None => false,
+    }
 }
 
 /// Server-side printing: the built-in printers, or the CRD's columns for custom resources.

@@ -67,13 +67,17 @@ impl Api {
             }
             "TokenReview" => {
                 let token = body["spec"]["token"].as_str().unwrap_or("").to_string();
+                let wanted: Vec<String> = match body["spec"]["audiences"].as_array() {
+                    Some(a) if !a.is_empty() => a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect(),
+                    _ => vec![crate::tokens::ISSUER.to_string()],
+                };
                 let user = match self.cfg.tokens.get(&token) {
-                    Some(u) => Some(u.clone()),
-                    None => self.authenticate_token(&token).await,
+                    Some(u) => Some((u.clone(), wanted.clone())),
+                    None => self.authenticate_token_for(&token, &wanted).await,
                 };
                 body["status"] = match user {
-                    Some(u) => json!({"authenticated": true, "user": {"username": u.name, "groups": u.groups}, "audiences": [crate::tokens::ISSUER]}),
-                    None => json!({"authenticated": false, "error": "invalid bearer token"}),
+                    Some((u, aud)) => json!({"authenticated": true, "user": {"username": u.name, "groups": u.groups}, "audiences": aud}),
+                    None => json!({"authenticated": false, "error": "invalid bearer token, or not for the requested audiences"}),
                 };
             }
             _ => return Err(ApiError::MethodNotAllowed),

@@ -439,6 +439,10 @@ async fn resource_request(api: &Arc<Api>, req: &Request, group: &str, version: &
     *resource_out = res.plural.clone();
     let t = Target { res: res.clone(), ns: ns.clone(), name: name.clone(), sub: sub.clone() };
     let watch = req.query.flag("watch");
+    if watch && sub.is_some() {
+        // Subresources cannot be watched (and must not leak the parent object).
+        return Err(ApiError::MethodNotAllowed);
+    }
     let verb = match (&req.method, &name) {
         (&Method::GET, None) if watch => "watch",
         (&Method::GET, None) => "list",

@@ -218,6 +218,16 @@ pub fn apply_defaults(res: &ResourceDef, obj: &mut Value) {
         ("", "Secret") => {
             if let Some(m) = obj.as_object_mut() {
                 default_val(m, "type", json!("Opaque"));
+                // stringData is write-only: it lands base64-encoded in data, and wins there.
+                if let Some(Value::Object(sd)) = m.remove("stringData") {
+                    use base64::Engine;
+                    let data = m.entry("data").or_insert_with(|| json!({}));
+                    if let Some(d) = data.as_object_mut() {
+                        for (k, v) in sd {
+                            d.insert(k, json!(base64::engine::general_purpose::STANDARD.encode(v.as_str().unwrap_or(""))));
+                        }
+                    }
+                }
             }
         }
         ("", "PersistentVolume") => {
@@ -561,6 +571,14 @@ pub fn pod_grace(pod: &Value, requested: Option<i64>) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secret_string_data_is_merged_into_data() {
+        let res = crate::catalog::Catalog::new().get().lookup("", "v1", "secrets").expect("secrets");
+        let mut s = json!({"data": {"a": "eA==", "b": "eA=="}, "stringData": {"b": "hi"}});
+        apply_defaults(&res, &mut s);
+        assert_eq!(s, json!({"data": {"a": "eA==", "b": "aGk="}, "type": "Opaque"}));
+    }
 
     #[test]
     fn qos_follows_requests_and_limits() {

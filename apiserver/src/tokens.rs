@@ -77,7 +77,22 @@ impl Signer {
 impl Api {
     /// The user a ServiceAccount token stands for, if it is valid and its account still exists.
     pub async fn authenticate_token(&self, token: &str) -> Option<User> {
+        self.authenticate_token_for(token, &[ISSUER.to_string()]).await.map(|(u, _)| u)
+    }
+
+    /// The user a token stands for if it is meant for one of `audiences` (the API's own is the
+    /// issuer URL), with the audiences it matched. A token bound to a pod dies with the pod.
+    pub async fn authenticate_token_for(&self, token: &str, audiences: &[String]) -> Option<(User, Vec<String>)> {
         let claims = self.signer.as_ref()?.verify(token, now_unix())?;
+        let aud: Vec<String> = match &claims["aud"] {
+            Value::String(a) => vec![a.clone()],
+            Value::Array(a) => a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect(),
+            _ => vec![],
+        };
+        let matched: Vec<String> = aud.into_iter().filter(|a| audiences.contains(a)).collect();
+        if matched.is_empty() {
+            return None;
+        }
         let k = &claims["kubernetes.io"];
         let ns = k["namespace"].as_str()?;
         let name = k["serviceaccount"]["name"].as_str()?;
@@ -88,15 +103,26 @@ impl Api {
         if sa["metadata"]["uid"].as_str() != Some(uid) {
             return None;
         }
-        Some(User {
+        if let Some(pod) = k["pod"]["name"].as_str() {
+            let pods = cat.lookup("", "v1", "pods")?;
+            let (p, _) = self.store.get(&object_key(&pods, Some(ns), pod), Freshness::Any).await.ok()??;
+            if p["metadata"]["uid"] != k["pod"]["uid"] || p["metadata"].get("deletionTimestamp").is_some() {
+                return None;
+            }
+        }
+        let user = User {
             name: format!("system:serviceaccount:{ns}:{name}"),
             groups: vec!["system:serviceaccounts".into(), format!("system:serviceaccounts:{ns}"), "system:authenticated".into()],
-        })
+        };
+        Some((user, matched))
     }
 
     /// POST serviceaccounts/NAME/token (TokenRequest).
     pub async fn token_request(&self, req: &Request, t: &Target) -> ApiResult<Reply> {
         let body = decode_body(req)?;
+        if !body.is_object() || !(body["spec"].is_null() || body["spec"].is_object()) {
+            return Err(ApiError::BadRequest("the body of the request is not a TokenRequest object".into()));
+        }
         let signer = self.signer.as_ref().ok_or_else(|| ApiError::Unavailable("no service-account signing key is configured".into()))?;
         let sa_t = Target { sub: None, ..t.clone() };
         let (sa, _) = self.store.get(&sa_t.key(), Freshness::Latest).await?.ok_or_else(|| ApiError::NotFound { gr: t.res.gr(), name: t.name.clone().unwrap_or_default() })?;
@@ -124,6 +150,9 @@ impl Api {
         let token = signer.sign(&claims)?;
         let exp = jiff::Timestamp::from_second(now + ttl).map(|t| t.to_string()).unwrap_or_default();
         let mut out = body.clone();
+        if !out["spec"].is_object() {
+            out["spec"] = json!({});
+        }
         out["kind"] = json!("TokenRequest");
         out["apiVersion"] = json!("authentication.k8s.io/v1");
         out["metadata"] = json!({"name": sa["metadata"]["name"], "namespace": ns, "creationTimestamp": null});

@@ -73,7 +73,8 @@ impl Api {
             ));
         }
         let rv = req.query.get("resourceVersion").unwrap_or("").to_string();
-        let timeout = req.query.int("timeoutSeconds")?.filter(|s| *s > 0).map(|s| Duration::from_secs(s as u64));
+        // At most a day: a larger value overflows deadlines and means "forever" anyway.
+        let timeout = req.query.int("timeoutSeconds")?.filter(|s| *s > 0).map(|s| Duration::from_secs(s.min(86_400) as u64));
         let bookmarks = req.query.flag("allowWatchBookmarks");
         let mut enc = Encoder {
             res: t.res.clone(),
@@ -96,7 +97,7 @@ impl Api {
                 initial = page.items.into_iter().map(|(v, _)| v).collect();
                 page.revision
             }
-            s => s.parse::<i64>().ok().filter(|v| *v >= 0).ok_or_else(|| ApiError::BadRequest(format!("invalid resource version: {s:?}")))?,
+            s => s.parse::<i64>().ok().filter(|v| (0..i64::MAX).contains(v)).ok_or_else(|| ApiError::BadRequest(format!("invalid resource version: {s:?}")))?,
         };
 
         let (tx, rx) = mpsc::channel::<Bytes>(64);
