@@ -785,3 +785,56 @@ fn bad_requests_get_kubernetes_status_errors_and_store_nothing() {
     // The server still answers.
     assert_eq!(json(&c.kubectl_ok(&["version", "-o", "json"]))["serverVersion"]["minor"], "33");
 }
+
+#[test]
+fn rbac_refuses_granting_permissions_the_granter_does_not_hold() {
+    let c = up();
+    c.kubectl_ok(&["create", "namespace", "team"]);
+    c.kubectl_ok(&["create", "rolebinding", "alice-admin", "--clusterrole=admin", "--user=alice", "-n", "team"]);
+    let kc = c.path().join("alice.kubeconfig");
+    let out = std::process::Command::new(common::kuberaft_bin()).args(["kubeconfig", "--pki"]).arg(c.path().join("pki")).args(["--server", &format!("https://{}:6443", c.ip("n1")), "--user", "alice", "--out"]).arg(&kc).output().expect("kubeconfig");
+    assert!(out.status.success());
+    let as_alice = |args: &[&str]| std::process::Command::new("kubectl").arg("--kubeconfig").arg(&kc).arg("--cache-dir").arg(c.path().join("kcache-alice")).args(args).output().expect("kubectl");
+    // She may hand out what she holds in her namespace...
+    let out = as_alice(&["create", "rolebinding", "bob-edit", "--clusterrole=edit", "--user=bob", "-n", "team"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // ...but not cluster-admin, nor a role with more than she has.
+    let out = as_alice(&["create", "rolebinding", "bob-root", "--clusterrole=cluster-admin", "--user=bob", "-n", "team"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("is attempting to grant RBAC permissions not currently held"), "{err}");
+    let out = as_alice(&["create", "role", "nodes-reader", "--verb=get", "--resource=nodes", "-n", "team"]);
+    assert!(!out.status.success(), "a role over what she cannot do");
+    let out = as_alice(&["create", "role", "pod-reader", "--verb=get", "--resource=pods", "-n", "team"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn evictions_spend_a_disruption_budget_exactly_once() {
+    let c = up();
+    c.kubectl_ok(&["create", "poddisruptionbudget", "pdb", "--selector=app=web", "--min-available=1"]);
+    c.kubectl_ok(&["patch", "pdb", "pdb", "--subresource=status", "--type=merge", "-p", r#"{"status":{"disruptionsAllowed":1,"currentHealthy":3,"desiredHealthy":2,"expectedPods":3,"observedGeneration":1}}"#]);
+    for i in 0..3 {
+        c.kubectl_ok(&["apply", "-f", &c.file(&format!("p{i}.yaml"), &format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: web{i}, labels: {{app: web}}}}\nspec:\n  containers:\n  - {{name: c, image: busybox}}\n"))]);
+    }
+    let evict = |i: usize| {
+        let body = c.file(&format!("ev{i}.json"), &format!(r#"{{"apiVersion":"policy/v1","kind":"Eviction","metadata":{{"name":"web{i}","namespace":"default"}}}}"#));
+        let cmd = c.kubectl_cmd(["n1", "n2", "n3"][i], &["create", "--raw", &format!("/api/v1/namespaces/default/pods/web{i}/eviction"), "-f", &body]);
+        std::thread::spawn(move || {
+            let mut cmd = cmd;
+            cmd.output().map(|o| (o.status.success(), String::from_utf8_lossy(&o.stderr).to_string())).unwrap_or((false, String::new()))
+        })
+    };
+    let results: Vec<(bool, String)> = (0..3).map(evict).map(|h| h.join().expect("thread")).collect();
+    let ok = results.iter().filter(|r| r.0).count();
+    assert_eq!(ok, 1, "{results:?}");
+    assert!(results.iter().filter(|r| !r.0).all(|r| r.1.contains("disruption budget")), "{results:?}");
+    assert_eq!(c.kubectl_ok(&["get", "pdb", "pdb", "-o", "jsonpath={.status.disruptionsAllowed}"]), "0");
+    // A dry-run eviction changes nothing.
+    c.kubectl_ok(&["patch", "pdb", "pdb", "--subresource=status", "--type=merge", "-p", r#"{"status":{"disruptionsAllowed":1}}"#]);
+    let left = c.kubectl_ok(&["get", "pods", "-o", "name"]);
+    let victim = left.lines().next().expect("a pod left").trim_start_matches("pod/").to_string();
+    let body = c.file("evd.json", &format!(r#"{{"apiVersion":"policy/v1","kind":"Eviction","metadata":{{"name":"{victim}","namespace":"default"}},"deleteOptions":{{"dryRun":["All"]}}}}"#));
+    c.kubectl_ok(&["create", "--raw", &format!("/api/v1/namespaces/default/pods/{victim}/eviction"), "-f", &body]);
+    assert!(c.kubectl(&["get", "pod", &victim]).status.success(), "dry-run evicted the pod");
+    assert_eq!(c.kubectl_ok(&["get", "pdb", "pdb", "-o", "jsonpath={.status.disruptionsAllowed}"]), "1");
+}

@@ -137,7 +137,24 @@ pub async fn allocate_service(api: &Api, t: &Target, svc: &mut Value) -> ApiResu
     Ok(extra)
 }
 
-/// Keys to delete together with a Service (its IP and node ports).
+impl Api {
+    /// The allocation keys to delete with a Service: its IP and node ports, only those that
+    /// this Service holds (an allocation is never released on another Service's behalf).
+    pub async fn owned_release_keys(&self, t: &Target, old: &Value) -> ApiResult<Vec<Vec<u8>>> {
+        let owner = format!("{}/{}", old["metadata"]["namespace"].as_str().unwrap_or(""), old["metadata"]["name"].as_str().unwrap_or(""));
+        let mut out = Vec::new();
+        for k in release_keys(t, old) {
+            let req = raftstore::types::RangeRequest { key: k.clone(), ..Default::default() };
+            let (resp, _) = self.store.replica.range(&req, false).await?;
+            if resp.kvs.first().map(|kv| kv.value == owner.as_bytes()).unwrap_or(false) {
+                out.push(k);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Keys a Service's allocations live under (its IP and node ports).
 pub fn release_keys(t: &Target, old: &Value) -> Vec<Vec<u8>> {
     if !(t.res.group.is_empty() && t.res.kind == "Service") {
         return vec![];

@@ -59,35 +59,73 @@ impl Api {
         Ok(Reply::code(201, json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})))
     }
 
+    /// Takes one allowed disruption from every PodDisruptionBudget covering the pod, each with a
+    /// compare-and-swap on the budget, so that concurrent evictions cannot both spend the last
+    /// one (429 when a budget has none left).
+    async fn take_disruption(&self, t: &Target, pod: &Value, dry: bool) -> ApiResult<()> {
+        let cat = self.catalog.get();
+        let Some(pdbs) = cat.lookup("policy", "v1", "poddisruptionbudgets") else { return Ok(()) };
+        let (start, end) = collection_range(&pdbs, t.ns.as_deref());
+        let labels = pod["metadata"]["labels"].as_object().cloned().unwrap_or_default();
+        let pod_name = pod["metadata"]["name"].as_str().unwrap_or("").to_string();
+        for _ in 0..16 {
+            let page = self.store.list(&start, &end, Freshness::Latest, 0, &|_| true).await?;
+            let mut raced = false;
+            for (pdb, kv) in page.items {
+                let sel = match LabelSelector::from_json(&pdb["spec"]["selector"]) {
+                    Ok(s) if !pdb["spec"]["selector"].is_null() => s,
+                    _ => continue,
+                };
+                if !sel.matches(&labels) {
+                    continue;
+                }
+                let allowed = pdb["status"]["disruptionsAllowed"].as_i64().unwrap_or(0);
+                if allowed <= 0 {
+                    let name = pdb["metadata"]["name"].as_str().unwrap_or("");
+                    return Err(ApiError::TooManyRequests(format!(
+                        "Cannot evict pod as it would violate the pod's disruption budget. The disruption budget {name} needs {} healthy pods and has {} currently",
+                        pdb["status"]["desiredHealthy"].as_i64().unwrap_or(0),
+                        pdb["status"]["currentHealthy"].as_i64().unwrap_or(0)
+                    )));
+                }
+                if dry {
+                    continue;
+                }
+                let mut spent = pdb.clone();
+                if !spent["status"].is_object() {
+                    spent["status"] = json!({});
+                }
+                spent["status"]["disruptionsAllowed"] = json!(allowed - 1);
+                if !spent["status"]["disruptedPods"].is_object() {
+                    spent["status"]["disruptedPods"] = json!({});
+                }
+                spent["status"]["disruptedPods"][&pod_name] = json!(now_rfc3339());
+                if self.store.update(&kv.key, kv.mod_revision, &spent).await?.is_none() {
+                    raced = true;
+                    break;
+                }
+            }
+            if !raced {
+                return Ok(());
+            }
+        }
+        Err(ApiError::TooManyRequests("too many concurrent evictions against the same disruption budget; retry".into()))
+    }
+
     /// POST pods/NAME/eviction: a graceful delete unless a PodDisruptionBudget forbids it (429).
     pub async fn evict(&self, req: &Request, t: &Target) -> ApiResult<Reply> {
         let body = decode_body(req)?;
         let pod_t = Target { sub: None, ..t.clone() };
         let (pod, _) = self.store.get(&pod_t.key(), Freshness::Latest).await?.ok_or_else(|| ApiError::NotFound { gr: t.res.gr(), name: t.name.clone().unwrap_or_default() })?;
         let terminal = matches!(pod["status"]["phase"].as_str(), Some("Succeeded") | Some("Failed"));
-        if !terminal && pod["metadata"].get("deletionTimestamp").is_none() {
-            let cat = self.catalog.get();
-            if let Some(pdbs) = cat.lookup("policy", "v1", "poddisruptionbudgets") {
-                let (start, end) = collection_range(&pdbs, t.ns.as_deref());
-                let page = self.store.list(&start, &end, Freshness::Latest, 0, &|_| true).await?;
-                let labels = pod["metadata"]["labels"].as_object().cloned().unwrap_or_default();
-                for (pdb, _) in page.items {
-                    let sel = match LabelSelector::from_json(&pdb["spec"]["selector"]) {
-                        Ok(s) if !pdb["spec"]["selector"].is_null() => s,
-                        _ => continue,
-                    };
-                    if sel.matches(&labels) && pdb["status"]["disruptionsAllowed"].as_i64().unwrap_or(0) <= 0 {
-                        let name = pdb["metadata"]["name"].as_str().unwrap_or("");
-                        return Err(ApiError::TooManyRequests(format!("Cannot evict pod as it would violate the pod's disruption budget. The disruption budget {name} needs {} healthy pods and has {} currently", pdb["status"]["desiredHealthy"].as_i64().unwrap_or(0), pdb["status"]["currentHealthy"].as_i64().unwrap_or(0))));
-                    }
-                }
-            }
-        }
         let opts = &body["deleteOptions"];
+        let dry = req.query.get("dryRun") == Some("All") || opts["dryRun"].as_array().map(|a| !a.is_empty()).unwrap_or(false);
+        if !terminal && pod["metadata"].get("deletionTimestamp").is_none() {
+            self.take_disruption(t, &pod, dry).await?;
+        }
         let grace = opts["gracePeriodSeconds"].as_i64();
         let uid = opts["preconditions"]["uid"].as_str();
         let rv = opts["preconditions"]["resourceVersion"].as_str();
-        let dry = req.query.get("dryRun") == Some("All") || opts["dryRun"].as_array().map(|a| !a.is_empty()).unwrap_or(false);
         self.delete_object(&pod_t, grace, None, uid, rv, dry).await?;
         Ok(Reply::code(201, json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})))
     }

@@ -402,6 +402,7 @@ impl Api {
         let dry = is_dry_run(req)?;
         let (obj, warnings) = self.prepare_create(req, t, body, Some(&req.body), None)?;
         crate::node_authz::admit_node_create(&req.user, &t.res, &obj)?;
+        crate::server::check_escalation(self, &req.user, &t.res, &obj).await?;
         let manager = field_manager(req);
         let obj = crate::managed::track_update(&t.res.kind, None, &obj, &manager, &t.res.api_version(), "", &now_rfc3339());
         let stored = self.create_object(t, obj, dry).await?;
@@ -538,6 +539,9 @@ impl Api {
             }
         }
         strategy::apply_defaults(res, &mut new);
+        if res.group.is_empty() && res.kind == "Service" {
+            strategy::keep_service_allocations(old, &mut new);
+        }
         if res.group == "apiextensions.k8s.io" && res.kind == "CustomResourceDefinition" && sub.is_none() {
             let accepted = new["spec"]["names"].clone();
             if old["status"]["acceptedNames"] != accepted || old["spec"]["versions"] != new["spec"]["versions"] {
@@ -581,7 +585,7 @@ impl Api {
             return Ok(Some(new));
         }
         if meta(&new).get("deletionTimestamp").is_some() && finalizers_empty && self.graceful_done(t, &new) && !spec_finalizers_block(&t.res, &new) {
-            let extra = crate::alloc::release_keys(t, old);
+            let extra = self.owned_release_keys(t, old).await?;
             return match self.store.delete(&t.key(), rev, extra).await? {
                 Some(drev) => {
                     crate::store::set_rv(&mut new, drev);
@@ -644,6 +648,7 @@ impl Api {
             }
             let candidate = change(&old)?;
             let new = self.prepare_update(t, &old, candidate, sub)?;
+            crate::server::check_escalation(self, &req.user, &t.res, &new).await?;
             let new = crate::managed::track_update(&t.res.kind, Some(&old), &new, &manager, &t.res.api_version(), sub.unwrap_or(""), &now_rfc3339());
             if let Some(v) = self.write_update(t, &old, kv.mod_revision, new, dry).await? {
                 return Ok((v, 200));
@@ -748,6 +753,7 @@ impl Api {
                 let obj = crate::managed::apply(&t.res.kind, None, &applied, &manager, &api_version, force, "", &now).map_err(|c| self.apply_conflict(t, &c))?;
                 let (obj, _) = self.prepare_create(req, t, obj, None, Some("Ignore"))?;
                 crate::node_authz::admit_node_create(&req.user, &t.res, &obj)?;
+                crate::server::check_escalation(self, &req.user, &t.res, &obj).await?;
                 let stored = self.create_object(t, obj, dry).await?;
                 return Ok(Reply::code(201, stored).with_warnings(warnings));
             };
@@ -758,6 +764,7 @@ impl Api {
             }
             let merged = crate::managed::apply(&t.res.kind, Some(&old), &applied, &manager, &api_version, force, &sub, &now).map_err(|c| self.apply_conflict(t, &c))?;
             let new = self.prepare_update(t, &old, merged, t.sub.as_deref())?;
+            crate::server::check_escalation(self, &req.user, &t.res, &new).await?;
             if let Some(v) = self.write_update(t, &old, kv.mod_revision, new, dry).await? {
                 return Ok(Reply::ok(v).with_warnings(warnings));
             }
@@ -902,7 +909,7 @@ impl Api {
                 if dry {
                     return Ok(old);
                 }
-                let extra = crate::alloc::release_keys(t, &old);
+                let extra = self.owned_release_keys(t, &old).await?;
                 if let Some(rev) = self.store.delete(&key, kv.mod_revision, extra).await? {
                     let mut gone = old.clone();
                     crate::store::set_rv(&mut gone, rev);

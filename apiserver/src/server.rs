@@ -387,6 +387,13 @@ pub async fn decide(api: &Api, attrs: &crate::rbac::Attributes) -> ApiResult<cra
     if attrs.groups.iter().any(|g| g == "system:masters") {
         return Ok(crate::rbac::Decision::Allow);
     }
+    let load = load_policy(api).await?;
+    let policy = crate::rbac::Policy { cluster_roles: &load[0], cluster_role_bindings: &load[1], roles: &load[2], role_bindings: &load[3] };
+    Ok(crate::rbac::authorize(attrs, &policy))
+}
+
+/// ClusterRoles, ClusterRoleBindings, Roles, RoleBindings (local reads).
+pub async fn load_policy(api: &Api) -> ApiResult<Vec<Vec<Value>>> {
     let cat = api.catalog.get();
     let mut load = Vec::new();
     for plural in ["clusterroles", "clusterrolebindings", "roles", "rolebindings"] {
@@ -398,8 +405,104 @@ pub async fn decide(api: &Api, attrs: &crate::rbac::Attributes) -> ApiResult<cra
         let page = api.store.list(&start, &end, crate::store::Freshness::Any, 0, &|_| true).await?;
         load.push(page.items.into_iter().map(|(v, _)| v).collect());
     }
+    Ok(load)
+}
+
+/// RBAC escalation prevention: a role may only grant what its author holds (or the author may
+/// `escalate`), a binding only a role whose permissions its author holds (or may `bind`).
+pub async fn check_escalation(api: &Api, user: &User, res: &crate::catalog::ResourceDef, obj: &Value) -> ApiResult<()> {
+    if user.is_master() || res.group != "rbac.authorization.k8s.io" {
+        return Ok(());
+    }
+    let load = load_policy(api).await?;
     let policy = crate::rbac::Policy { cluster_roles: &load[0], cluster_role_bindings: &load[1], roles: &load[2], role_bindings: &load[3] };
-    Ok(crate::rbac::authorize(attrs, &policy))
+    let ns = if res.namespaced { obj["metadata"]["namespace"].as_str().unwrap_or("").to_string() } else { String::new() };
+    let allowed = |verb: &str, group: &str, resource: &str, name: &str, namespace: &str, nonres: Option<&str>| {
+        let a = crate::rbac::Attributes {
+            user: user.name.clone(),
+            groups: user.groups.clone(),
+            verb: verb.into(),
+            resource_request: nonres.is_none(),
+            api_group: group.into(),
+            resource: resource.into(),
+            namespace: namespace.into(),
+            name: name.into(),
+            path: nonres.unwrap_or("").into(),
+            ..Default::default()
+        };
+        matches!(crate::rbac::authorize(&a, &policy), crate::rbac::Decision::Allow)
+    };
+    let name = obj["metadata"]["name"].as_str().unwrap_or("");
+    let rules: Vec<Value> = match res.kind.as_str() {
+        "Role" | "ClusterRole" => {
+            if allowed("escalate", &res.group, &res.plural, name, &ns, None) {
+                return Ok(());
+            }
+            obj["rules"].as_array().cloned().unwrap_or_default()
+        }
+        "RoleBinding" | "ClusterRoleBinding" => {
+            let role_kind = obj["roleRef"]["kind"].as_str().unwrap_or("");
+            let role_name = obj["roleRef"]["name"].as_str().unwrap_or("");
+            let plural = if role_kind == "Role" { "roles" } else { "clusterroles" };
+            if allowed("bind", "rbac.authorization.k8s.io", plural, role_name, &ns, None) {
+                return Ok(());
+            }
+            let pool: &[Value] = if role_kind == "Role" { &load[2] } else { &load[0] };
+            pool.iter()
+                .find(|r| r["metadata"]["name"] == role_name && (role_kind != "Role" || r["metadata"]["namespace"].as_str() == Some(ns.as_str())))
+                .and_then(|r| r["rules"].as_array().cloned())
+                .unwrap_or_default()
+        }
+        _ => return Ok(()),
+    };
+    let strs = |v: &Value| -> Vec<String> { v.as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect()).unwrap_or_default() };
+    let mut missing = Vec::new();
+    for rule in &rules {
+        let verbs = strs(&rule["verbs"]);
+        for url in strs(&rule["nonResourceURLs"]) {
+            for v in &verbs {
+                if !allowed(v, "", "", "", "", Some(&url)) {
+                    missing.push(format!("{{NonResourceURLs:[\"{url}\"], Verbs:[\"{v}\"]}}"));
+                }
+            }
+        }
+        let names = strs(&rule["resourceNames"]);
+        let names: Vec<String> = if names.is_empty() { vec![String::new()] } else { names };
+        for g in strs(&rule["apiGroups"]) {
+            for r in strs(&rule["resources"]) {
+                let (resource, sub) = r.split_once('/').map(|(a, b)| (a.to_string(), b.to_string())).unwrap_or((r.clone(), String::new()));
+                for v in &verbs {
+                    for n in &names {
+                        let a = crate::rbac::Attributes {
+                            user: user.name.clone(),
+                            groups: user.groups.clone(),
+                            verb: v.clone(),
+                            resource_request: true,
+                            api_group: g.clone(),
+                            resource: resource.clone(),
+                            subresource: sub.clone(),
+                            namespace: ns.clone(),
+                            name: n.clone(),
+                            ..Default::default()
+                        };
+                        if !matches!(crate::rbac::authorize(&a, &policy), crate::rbac::Decision::Allow) {
+                            missing.push(format!("{{APIGroups:[\"{g}\"], Resources:[\"{r}\"], Verbs:[\"{v}\"]}}"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    missing.dedup();
+    let gr = res.gr();
+    Err(ApiError::Forbidden {
+        message: format!("{gr} \"{name}\" is forbidden: user \"{}\" (groups={:?}) is attempting to grant RBAC permissions not currently held:\n{}", user.name, user.groups, missing.join("\n")),
+        gr,
+        name: name.to_string(),
+    })
 }
 
 /// decide(), with a denial as 403 Forbidden.

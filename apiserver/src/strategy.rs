@@ -515,7 +515,23 @@ pub fn immutable_fields(res: &ResourceDef, old: &Value, new: &Value) -> Vec<Caus
     };
     match (res.group.as_str(), res.kind.as_str()) {
         ("apps", "Deployment") | ("apps", "ReplicaSet") | ("apps", "DaemonSet") | ("apps", "StatefulSet") => check(&["spec", "selector"], "spec.selector"),
-        ("", "Service") => check(&["spec", "clusterIP"], "spec.clusterIP"),
+        ("", "Service") => {
+            // Allocations happen at create: the type, the IP and node ports stay as allocated.
+            if old["spec"]["type"] != new["spec"]["type"] {
+                causes.push(Cause::forbidden("spec.type", "changing the type of an existing Service is not supported yet: delete and re-create it"));
+            }
+            if old["spec"]["clusterIP"] != new["spec"]["clusterIP"] {
+                causes.push(Cause::immutable("spec.clusterIP"));
+            }
+            let held: Vec<&Value> = old["spec"]["ports"].as_array().into_iter().flatten().filter_map(|p| p.get("nodePort")).collect();
+            for (i, p) in new["spec"]["ports"].as_array().into_iter().flatten().enumerate() {
+                if let Some(np) = p.get("nodePort").filter(|v| !v.is_null()) {
+                    if !held.contains(&np) {
+                        causes.push(Cause::invalid(format!("spec.ports[{i}].nodePort"), np, "node ports are allocated when the Service is created and cannot be changed"));
+                    }
+                }
+            }
+        }
         ("batch", "Job") => check(&["spec", "selector"], "spec.selector"),
         ("", "Pod") => {
             // A pod's spec is fixed once created, except images, deadlines, added tolerations,
@@ -557,6 +573,32 @@ pub fn immutable_fields(res: &ResourceDef, old: &Value, new: &Value) -> Vec<Caus
         _ => {}
     }
     causes
+}
+
+/// An update that leaves out a Service's allocated IP or node ports keeps them (clients send
+/// manifests without them), as Kubernetes does.
+pub fn keep_service_allocations(old: &Value, new: &mut Value) {
+    if !new["spec"].is_object() {
+        return;
+    }
+    for k in ["clusterIP", "clusterIPs"] {
+        if new["spec"][k].is_null() || new["spec"][k] == "" {
+            if let Some(v) = old["spec"].get(k) {
+                new["spec"][k] = v.clone();
+            }
+        }
+    }
+    let old_ports: Vec<Value> = old["spec"]["ports"].as_array().cloned().unwrap_or_default();
+    if let Some(ports) = new["spec"]["ports"].as_array_mut() {
+        for p in ports.iter_mut().filter_map(Value::as_object_mut) {
+            if p.get("nodePort").map(Value::is_null).unwrap_or(true) {
+                let same = old_ports.iter().find(|o| o["port"] == p.get("port").cloned().unwrap_or(Value::Null) && o["protocol"] == p.get("protocol").cloned().unwrap_or(json!("TCP")));
+                if let Some(np) = same.and_then(|o| o.get("nodePort")) {
+                    p.insert("nodePort".into(), np.clone());
+                }
+            }
+        }
+    }
 }
 
 /// Grace period for deleting a pod: forced to 0 for unscheduled or finished pods.
