@@ -838,3 +838,32 @@ fn evictions_spend_a_disruption_budget_exactly_once() {
     assert!(c.kubectl(&["get", "pod", &victim]).status.success(), "dry-run evicted the pod");
     assert_eq!(c.kubectl_ok(&["get", "pdb", "pdb", "-o", "jsonpath={.status.disruptionsAllowed}"]), "1");
 }
+
+#[test]
+fn fenced_writes_stop_when_the_lease_changes_hands() {
+    let c = up();
+    let pki = c.path().join("pki");
+    let post = |fence: &str, name: &str| -> u16 {
+        let body = c.file("f.json", &format!(r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"{name}"}}}}"#));
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "-H", "Content-Type: application/json", "-H", &format!("X-Kuberaft-Fence: {fence}")])
+            .arg("--cacert").arg(pki.join("ca.crt")).arg("--cert").arg(pki.join("client.crt")).arg("--key").arg(pki.join("client.key"))
+            .arg("--data-binary").arg(format!("@{body}"))
+            .arg(format!("https://{}:6443/api/v1/namespaces/default/configmaps", c.ip("n2")))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
+    };
+    let lease = |holder: &str| c.file("l.yaml", &format!("apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {{name: ctl, namespace: kube-system}}\nspec: {{holderIdentity: {holder}, leaseDurationSeconds: 15}}\n"));
+    c.kubectl_ok(&["apply", "-f", &lease("a")]);
+    assert_eq!(post("kube-system/ctl=a", "by-a"), 201);
+    assert_eq!(post("kube-system/ctl=b", "by-b"), 409, "b does not hold the lease");
+    c.kubectl_ok(&["apply", "-f", &lease("b")]);
+    assert_eq!(post("kube-system/ctl=a", "by-a-late"), 409, "a lost the lease");
+    assert_eq!(post("kube-system/ctl=b", "by-b2"), 201);
+    assert_eq!(post("garbage", "x"), 400);
+    c.kubectl_ok(&["delete", "lease", "ctl", "-n", "kube-system"]);
+    assert_eq!(post("kube-system/ctl=b", "after-delete"), 409, "no lease, no holder");
+    let names = c.kubectl_ok(&["get", "cm", "-o", "name"]);
+    assert!(names.contains("by-a") && names.contains("by-b2") && !names.contains("by-a-late") && !names.contains("configmap/by-b\n"), "{names}");
+}

@@ -322,7 +322,7 @@ impl Api {
             let mut q = quota.clone();
             q["status"]["hard"] = Value::Object(hard);
             q["status"]["used"] = Value::Object(used);
-            guards.push(Guard { key: kv.key.clone(), revision: kv.mod_revision, value: q });
+            guards.push(Guard { key: kv.key.clone(), revision: Some(kv.mod_revision), value: q });
         }
         Ok(guards)
     }

@@ -422,7 +422,8 @@ impl Api {
             let mut obj = obj.clone();
             self.admit_service_account(&target, &mut obj).await?;
             self.admit_limit_ranges(&target, &mut obj).await?;
-            let guards = self.admit_quota(&target, &obj).await?;
+            let mut guards = self.admit_quota(&target, &obj).await?;
+            guards.extend(fence_guard(&t.res, &obj));
             let extra = self.allocate(&target, &mut obj, dry).await?;
             if dry {
                 return Ok(obj);
@@ -585,7 +586,8 @@ impl Api {
             return Ok(Some(new));
         }
         if meta(&new).get("deletionTimestamp").is_some() && finalizers_empty && self.graceful_done(t, &new) && !spec_finalizers_block(&t.res, &new) {
-            let extra = self.owned_release_keys(t, old).await?;
+            let mut extra = self.owned_release_keys(t, old).await?;
+            extra.extend(fence_guard(&t.res, old).map(|g| g.key));
             return match self.store.delete(&t.key(), rev, extra).await? {
                 Some(drev) => {
                     crate::store::set_rv(&mut new, drev);
@@ -594,7 +596,7 @@ impl Api {
                 None => Ok(None),
             };
         }
-        match self.store.update(&t.key(), rev, &new).await? {
+        match self.store.update_guarded(&t.key(), rev, &new, fence_guard(&t.res, &new).into_iter().collect()).await? {
             Some(r) => {
                 crate::store::set_rv(&mut new, r);
                 Ok(Some(new))
@@ -909,7 +911,8 @@ impl Api {
                 if dry {
                     return Ok(old);
                 }
-                let extra = self.owned_release_keys(t, &old).await?;
+                let mut extra = self.owned_release_keys(t, &old).await?;
+                extra.extend(fence_guard(&t.res, &old).map(|g| g.key));
                 if let Some(rev) = self.store.delete(&key, kv.mod_revision, extra).await? {
                     let mut gone = old.clone();
                     crate::store::set_rv(&mut gone, rev);
@@ -987,6 +990,18 @@ impl Api {
 /// deleted first) before it goes.
 fn spec_finalizers_block(res: &ResourceDef, obj: &Value) -> bool {
     res.group.is_empty() && res.kind == "Namespace" && obj["spec"]["finalizers"].as_array().map(|a| !a.is_empty()).unwrap_or(false)
+}
+
+/// A Lease write also writes the Lease's fence (its holder), in the same transaction, so that
+/// fenced writes (see store::Fence) stop the moment the Lease changes hands.
+fn fence_guard(res: &ResourceDef, obj: &Value) -> Option<crate::store::Guard> {
+    if !(res.group == "coordination.k8s.io" && res.kind == "Lease") {
+        return None;
+    }
+    let ns = obj["metadata"]["namespace"].as_str()?;
+    let name = obj["metadata"]["name"].as_str()?;
+    let holder = obj["spec"]["holderIdentity"].as_str().unwrap_or("");
+    Some(crate::store::Guard { key: crate::store::fence_key(ns, name), revision: None, value: Value::String(holder.to_string()) })
 }
 
 /// The value at a dotted path like ".spec.replicas".

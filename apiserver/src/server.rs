@@ -166,6 +166,17 @@ async fn impersonate(api: &Api, headers: &hyper::HeaderMap, user: User) -> ApiRe
     Ok(User { name, groups })
 }
 
+/// `X-Kuberaft-Fence: NAMESPACE/LEASE=HOLDER`.
+fn parse_fence(v: &str) -> ApiResult<crate::store::Fence> {
+    let bad = || ApiError::BadRequest(format!("X-Kuberaft-Fence {v:?} is not NAMESPACE/LEASE=HOLDER"));
+    let (lease, holder) = v.split_once('=').ok_or_else(bad)?;
+    let (namespace, lease) = lease.split_once('/').ok_or_else(bad)?;
+    if namespace.is_empty() || lease.is_empty() || holder.is_empty() {
+        return Err(bad());
+    }
+    Ok(crate::store::Fence { namespace: namespace.into(), lease: lease.into(), holder: holder.into() })
+}
+
 fn is_public(path: &str) -> bool {
     matches!(path, "/healthz" | "/livez" | "/readyz" | "/version" | "/version/") || path.starts_with("/healthz/") || path.starts_with("/livez/") || path.starts_with("/readyz/")
 }
@@ -194,7 +205,12 @@ async fn handle(api: Arc<Api>, req: hyper::Request<Incoming>, cert_user: Option<
     let request = Request { method: method.clone(), path: path.clone(), query, headers: parts.headers, body, user, upgrade: std::sync::Mutex::new(upgrade) };
     let mut verb = String::from("other");
     let mut resource = String::new();
-    let res = route(&api, &request, &mut verb, &mut resource).await;
+    let fence = match request.header("x-kuberaft-fence").map(parse_fence) {
+        Some(Ok(f)) => Some(f),
+        Some(Err(e)) => return error_response(&e),
+        None => None,
+    };
+    let res = crate::store::FENCE.scope(fence, route(&api, &request, &mut verb, &mut resource)).await;
     let resp = match res {
         Ok(r) => reply_response(r),
         Err(e) => error_response(&e),

@@ -111,10 +111,34 @@ pub enum Freshness {
 }
 
 /// An object a write depends on: it must still be at `revision`; it is replaced by `value`.
+/// With no revision it is written unconditionally (bookkeeping such as fencing tokens).
 pub struct Guard {
     pub key: Vec<u8>,
-    pub revision: i64,
+    pub revision: Option<i64>,
     pub value: Value,
+}
+
+/// A fencing token a request carries (header `X-Kuberaft-Fence: NAMESPACE/LEASE=HOLDER`): its
+/// writes commit only while the named Lease's fence still names that holder.
+#[derive(Clone, Debug)]
+pub struct Fence {
+    pub namespace: String,
+    pub lease: String,
+    pub holder: String,
+}
+
+/// Where a Lease's fence lives: one key per Lease, holding its holder while it changes hands.
+pub fn fence_key(namespace: &str, lease: &str) -> Vec<u8> {
+    format!("/registry/fences/{namespace}/{lease}").into_bytes()
+}
+
+pub fn fence_value(holder: &str) -> Vec<u8> {
+    serde_json::to_vec(&Value::String(holder.to_string())).unwrap_or_default()
+}
+
+tokio::task_local! {
+    /// The fence of the request being served, if it carries one.
+    pub static FENCE: Option<Fence>;
 }
 
 pub enum Created {
@@ -236,12 +260,31 @@ impl Store {
         }
     }
 
-    async fn txn(&self, t: TxnRequest) -> ApiResult<(i64, TxnResponse)> {
-        let (rev, res) = self.replica.write_ok(Command::Txn(t)).await?;
-        match res {
-            CommandResult::Txn(r) => Ok((rev, r)),
-            other => Err(ApiError::Internal(format!("unexpected store answer {other:?}"))),
+    async fn txn(&self, mut t: TxnRequest) -> ApiResult<(i64, TxnResponse)> {
+        let fence = FENCE.try_with(|f| f.clone()).ok().flatten();
+        if let Some(f) = &fence {
+            t.compare.push(Compare { key: fence_key(&f.namespace, &f.lease), range_end: vec![], result: CompareResult::Equal, target: CompareTarget::Value(fence_value(&f.holder)) });
         }
+        let (rev, res) = self.replica.write_ok(Command::Txn(t)).await?;
+        let r = match res {
+            CommandResult::Txn(r) => r,
+            other => return Err(ApiError::Internal(format!("unexpected store answer {other:?}"))),
+        };
+        if let (false, Some(f)) = (r.succeeded, &fence) {
+            // Was it the fence? Then this holder lost the lease: refuse, do not retry.
+            let req = RangeRequest { key: fence_key(&f.namespace, &f.lease), ..Default::default() };
+            let (cur, _) = self.replica.range(&req, false).await?;
+            let now = cur.kvs.first().map(|kv| kv.value.clone()).unwrap_or_default();
+            if now != fence_value(&f.holder) {
+                let holder: String = serde_json::from_slice(&now).unwrap_or_default();
+                return Err(ApiError::Conflict {
+                    gr: crate::error::GroupResource { group: "coordination.k8s.io".into(), resource: "leases".into() },
+                    name: f.lease.clone(),
+                    reason: format!("fenced: {:?} no longer holds lease {}/{} (the holder is {holder:?})", f.holder, f.namespace, f.lease),
+                });
+            }
+        }
+        Ok((rev, r))
     }
 
     /// Creates `key` if absent, in one transaction with `extra` keys that must be absent too
@@ -255,7 +298,9 @@ impl Store {
             success.push(Op::Put(PutRequest { key: k, value: v, ..Default::default() }));
         }
         for g in guards {
-            compare.push(Compare { key: g.key.clone(), range_end: vec![], result: CompareResult::Equal, target: CompareTarget::Mod(g.revision) });
+            if let Some(rev) = g.revision {
+                compare.push(Compare { key: g.key.clone(), range_end: vec![], result: CompareResult::Equal, target: CompareTarget::Mod(rev) });
+            }
             success.push(Op::Put(PutRequest { key: g.key, value: encode(&g.value)?, ..Default::default() }));
         }
         // On failure, say whether the object itself exists (else something else moved).
@@ -270,8 +315,19 @@ impl Store {
 
     /// Replaces `key` if its mod revision is still `expected`. Ok(None) = it changed (or went).
     pub async fn update(&self, key: &[u8], expected: i64, obj: &Value) -> ApiResult<Option<i64>> {
-        let compare = vec![Compare { key: key.to_vec(), range_end: vec![], result: CompareResult::Equal, target: CompareTarget::Mod(expected) }];
-        let success = vec![Op::Put(PutRequest { key: key.to_vec(), value: encode(obj)?, ..Default::default() })];
+        self.update_guarded(key, expected, obj, vec![]).await
+    }
+
+    /// update() with guards (see `Guard`) in the same transaction.
+    pub async fn update_guarded(&self, key: &[u8], expected: i64, obj: &Value, guards: Vec<Guard>) -> ApiResult<Option<i64>> {
+        let mut compare = vec![Compare { key: key.to_vec(), range_end: vec![], result: CompareResult::Equal, target: CompareTarget::Mod(expected) }];
+        let mut success = vec![Op::Put(PutRequest { key: key.to_vec(), value: encode(obj)?, ..Default::default() })];
+        for g in guards {
+            if let Some(rev) = g.revision {
+                compare.push(Compare { key: g.key.clone(), range_end: vec![], result: CompareResult::Equal, target: CompareTarget::Mod(rev) });
+            }
+            success.push(Op::Put(PutRequest { key: g.key, value: encode(&g.value)?, ..Default::default() }));
+        }
         let (rev, r) = self.txn(TxnRequest { compare, success, failure: vec![] }).await?;
         Ok(r.succeeded.then_some(rev))
     }
