@@ -95,6 +95,10 @@ pub fn generate(dir: &Path, hosts: &[String]) -> Result<(), CertError> {
     use ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
     issue(dir, &ca, "server", "kuberaft", &[], &sans, &[ServerAuth, ClientAuth])?;
     issue(dir, &ca, "client", "admin", &["system:masters"], &[], &[ClientAuth])?;
+    // The scheduler and controller manager that run inside every replica, as Kubernetes
+    // users (RBAC binds them to their bootstrap roles).
+    issue(dir, &ca, "scheduler", "system:kube-scheduler", &[], &[], &[ClientAuth])?;
+    issue(dir, &ca, "controller-manager", "system:kube-controller-manager", &[], &[], &[ClientAuth])?;
     // The ServiceAccount token signing key: made once, shared by every replica.
     let sa = dir.join("sa.key");
     if !sa.exists() {
@@ -114,7 +118,7 @@ mod tests {
         let ca1 = std::fs::read_to_string(d.path().join("ca.crt")).unwrap();
         generate(d.path(), &["127.0.0.12".into()]).unwrap();
         assert_eq!(ca1, std::fs::read_to_string(d.path().join("ca.crt")).unwrap(), "the CA is reused");
-        for f in ["server.crt", "server.key", "client.crt", "client.key", "sa.key"] {
+        for f in ["server.crt", "server.key", "client.crt", "client.key", "sa.key", "scheduler.crt", "controller-manager.key"] {
             assert!(d.path().join(f).exists(), "{f}");
         }
     }
