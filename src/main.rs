@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod components;
+
 // glibc malloc showed up at ~8% of CPU under write load (consolidation, arena locks).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -30,7 +32,13 @@ enum Cmd {
         store: raftstore::server::ServerOptions,
         #[command(flatten)]
         api: apiserver::ApiOptions,
+        /// Do not run the scheduler and controller manager in this replica.
+        #[arg(long)]
+        no_controllers: bool,
     },
+    /// Run a node daemon (for now only hollow nodes: registered, heartbeating, reporting their
+    /// pods Running without running anything; for control-plane scale tests).
+    Node(node::NodeArgs),
     /// Write a kubeconfig for a user, with a client certificate from the cluster CA.
     Kubeconfig {
         /// Directory of the cluster CA (ca.crt, ca.key).
@@ -133,11 +141,24 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
     let res = match cli.cmd {
-        Cmd::Server { store, api } => store.resolve().and_then(|cfg| {
+        Cmd::Server { store, api, no_controllers } => store.resolve().and_then(|cfg| {
             let api = api.resolve(cfg.cacert.clone(), cfg.cert.clone(), cfg.key.clone())?;
-            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(apiserver::run(cfg, api))
+            let name = cfg.replica.name.clone();
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async move {
+                if api.enabled && !no_controllers {
+                    components::spawn(&name, &api);
+                }
+                apiserver::run(cfg, api).await
+            })
         }),
-        Cmd::Up { dir } => tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(Into::into).and_then(|rt| rt.block_on(apiserver::up(dir))),
+        Cmd::Up { dir } => apiserver::prepare_up(dir).and_then(|(cfg, api)| {
+            let name = cfg.replica.name.clone();
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async move {
+                components::spawn(&name, &api);
+                apiserver::run(cfg, api).await
+            })
+        }),
+        Cmd::Node(args) => tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(Into::into).and_then(|rt| rt.block_on(node::run(args))),
         Cmd::Kubeconfig { pki, server, user, node, groups, out } => {
             let (user, groups) = match node {
                 Some(n) => (format!("system:node:{n}"), groups.unwrap_or_else(|| vec!["system:nodes".into()])),

@@ -375,9 +375,10 @@ fn a_watch_from_a_compacted_revision_ends_with_410_expired() {
     // A watch from the list RV gets only later changes, in Table form for `kubectl get -w`.
     let list = json(&c.kubectl_ok(&["get", "--raw", "/api/v1/namespaces/default/configmaps"]));
     let lrv = list["metadata"]["resourceVersion"].as_str().unwrap_or("").to_string();
-    let mut w = c.kubectl_cmd("n3", &["get", "--raw", &format!("/api/v1/namespaces/default/configmaps?watch=1&resourceVersion={lrv}&timeoutSeconds=4")]).stdout(std::process::Stdio::piped()).spawn().expect("watch");
+    // (Selected by label: the controllers may add their own ConfigMaps meanwhile.)
+    let mut w = c.kubectl_cmd("n3", &["get", "--raw", &format!("/api/v1/namespaces/default/configmaps?watch=1&labelSelector=w&resourceVersion={lrv}&timeoutSeconds=4")]).stdout(std::process::Stdio::piped()).spawn().expect("watch");
     std::thread::sleep(Duration::from_millis(500));
-    c.kubectl_ok(&["apply", "-f", &c.file("c.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: late}\n")]);
+    c.kubectl_ok(&["apply", "-f", &c.file("c.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: late, labels: {w: x}}\n")]);
     let _ = w.wait();
     let mut text = String::new();
     use std::io::Read;
@@ -527,7 +528,7 @@ fn logs_and_exec_are_proxied_to_the_node_with_the_apiserver_certificate() {
 fn limit_ranges_default_container_resources_and_quotas_refuse_what_exceeds_them() {
     let c = up();
     c.kubectl_ok(&["apply", "-f", &c.file("lr.yaml", "apiVersion: v1\nkind: LimitRange\nmetadata: {name: defaults}\nspec:\n  limits:\n  - type: Container\n    default: {cpu: 500m, memory: 128Mi}\n    defaultRequest: {cpu: 100m}\n    max: {cpu: '1'}\n")]);
-    c.kubectl_ok(&["apply", "-f", &c.file("q.yaml", "apiVersion: v1\nkind: ResourceQuota\nmetadata: {name: small}\nspec:\n  hard: {pods: '2', requests.cpu: 250m, count/configmaps: '3'}\n")]);
+    c.kubectl_ok(&["apply", "-f", &c.file("q.yaml", "apiVersion: v1\nkind: ResourceQuota\nmetadata: {name: small}\nspec:\n  hard: {pods: '2', requests.cpu: 250m, count/secrets: '3'}\n")]);
     let pod = |n: &str| format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {n}}}\nspec:\n  containers:\n  - {{name: app, image: busybox}}\n");
     c.kubectl_ok(&["apply", "-f", &c.file("p1.yaml", &pod("p1"))]);
     let p1 = json(&c.kubectl_ok(&["get", "pod", "p1", "-o", "json"]));
@@ -545,21 +546,21 @@ fn limit_ranges_default_container_resources_and_quotas_refuse_what_exceeds_them(
     assert_eq!(q["status"]["used"]["pods"], "2", "{}", q["status"]);
     let big = c.kubectl_err(&["apply", "-f", &c.file("big.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: big}\nspec:\n  containers:\n  - name: app\n    image: busybox\n    resources: {limits: {cpu: '2'}}\n")]);
     assert!(big.contains("maximum cpu usage per Container is 1, but limit is 2"), "{big}");
-    // Object counts: bootstrap put no configmaps here, so three fit and the fourth does not.
+    // Object counts: nothing puts secrets here, so three fit and the fourth does not.
     for i in 0..3 {
-        c.kubectl_ok(&["apply", "-f", &c.file("cm.yaml", &format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: q{i}}}\n"))]);
+        c.kubectl_ok(&["create", "secret", "generic", &format!("q{i}")]);
     }
-    let err = c.kubectl_err(&["apply", "-f", &c.file("cm.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: q3}\n")]);
-    assert!(err.contains("exceeded quota: small, requested: count/configmaps=1, used: count/configmaps=3, limited: count/configmaps=3"), "{err}");
+    let err = c.kubectl_err(&["create", "secret", "generic", "q3"]);
+    assert!(err.contains("exceeded quota: small, requested: count/secrets=1, used: count/secrets=3, limited: count/secrets=3"), "{err}");
 }
 
 #[test]
 fn concurrent_creates_through_every_replica_never_exceed_a_quota() {
     let c = up();
-    c.kubectl_ok(&["apply", "-f", &c.file("q.yaml", "apiVersion: v1\nkind: ResourceQuota\nmetadata: {name: five}\nspec:\n  hard: {count/configmaps: '5'}\n")]);
+    c.kubectl_ok(&["apply", "-f", &c.file("q.yaml", "apiVersion: v1\nkind: ResourceQuota\nmetadata: {name: five}\nspec:\n  hard: {count/secrets: '5'}\n")]);
     let handles: Vec<_> = (0..12)
         .map(|i| {
-            let args = c.kubectl_cmd(["n1", "n2", "n3"][i % 3], &["create", "--raw", "/api/v1/namespaces/default/configmaps", "-f", &c.file(&format!("c{i}.json"), &format!(r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"race{i}"}}}}"#))]);
+            let args = c.kubectl_cmd(["n1", "n2", "n3"][i % 3], &["create", "--raw", "/api/v1/namespaces/default/secrets", "-f", &c.file(&format!("c{i}.json"), &format!(r#"{{"apiVersion":"v1","kind":"Secret","metadata":{{"name":"race{i}"}}}}"#))]);
             std::thread::spawn(move || {
                 let mut args = args;
                 args.output().map(|o| o.status.success()).unwrap_or(false)
@@ -567,7 +568,7 @@ fn concurrent_creates_through_every_replica_never_exceed_a_quota() {
         })
         .collect();
     let ok = handles.into_iter().map(|h| h.join().unwrap_or(false)).filter(|x| *x).count();
-    let stored = c.kubectl_ok(&["get", "cm", "-o", "name"]).lines().filter(|l| l.contains("race")).count();
+    let stored = c.kubectl_ok(&["get", "secrets", "-o", "name"]).lines().filter(|l| l.contains("race")).count();
     assert_eq!(stored, ok, "every success is stored");
     assert_eq!(stored, 5, "exactly the quota");
 }
@@ -649,12 +650,17 @@ fn edit_describe_explain_sort_and_table_watch_behave_like_kubernetes() {
     let out = c.kubectl(&["delete", "deploy", "web", "--force", "--grace-period=0"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("Immediate deletion does not wait"), "{}", String::from_utf8_lossy(&out.stderr));
-    // Deleting a namespace marks it Terminating (the namespace controller finishes it).
+    // Deleting a namespace marks it Terminating; the namespace controller deletes its contents
+    // and then the namespace (held here by a finalizer on one object, then released).
     c.kubectl_ok(&["create", "namespace", "doomed"]);
+    c.kubectl_ok(&["apply", "-n", "doomed", "-f", &c.file("held.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: held, finalizers: [example.com/hold]}\n")]);
     c.kubectl_ok(&["delete", "namespace", "doomed", "--wait=false"]);
     assert_eq!(c.kubectl_ok(&["get", "ns", "doomed", "-o", "jsonpath={.status.phase}"]), "Terminating");
     let err = c.kubectl_err(&["create", "configmap", "x", "-n", "doomed"]);
     assert!(err.contains("because it is being terminated"), "{err}");
+    c.kubectl_ok(&["patch", "cm", "held", "-n", "doomed", "--type=json", "-p", r#"[{"op":"remove","path":"/metadata/finalizers"}]"#]);
+    let out = c.kubectl(&["wait", "--for=delete", "namespace/doomed", "--timeout=60s"]);
+    assert!(out.status.success(), "the namespace was not removed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]

@@ -199,8 +199,9 @@ pub async fn run(cfg: raftstore::server::ServerConfig, api: ApiConfig) -> anyhow
 }
 
 /// `kuberaft up`: one replica with everything under `dir` (data, certificates, kubeconfig,
-/// etcd.env), defaults for the rest, in the foreground until Ctrl-C.
-pub async fn up(dir: PathBuf) -> anyhow::Result<()> {
+/// etcd.env), defaults for the rest. Writes the files, prints where things are, and returns the
+/// configuration to run.
+pub fn prepare_up(dir: PathBuf) -> anyhow::Result<(raftstore::server::ServerConfig, ApiConfig)> {
     let opts = raftstore::server::ServerOptions { name: Some("default".into()), data_dir: Some(dir.clone()), ..Default::default() };
     let cfg = opts.resolve()?;
     let api = ApiOptions::default().resolve(cfg.cacert.clone(), cfg.cert.clone(), cfg.key.clone())?;
@@ -217,5 +218,5 @@ pub async fn up(dir: PathBuf) -> anyhow::Result<()> {
     println!("  try:            export KUBECONFIG={}; kubectl get namespaces", kubeconfig.display());
     println!("                  . {}/etcd.env && etcdctl get --prefix /registry/namespaces --keys-only", abs.display());
     println!("Press Ctrl-C to stop.");
-    run(cfg, api).await
+    Ok((cfg, api))
 }

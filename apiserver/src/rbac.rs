@@ -694,10 +694,10 @@ fn scheduler_rules() -> Vec<Value> {
         // Leader election.
         rule(&["create"], &["coordination.k8s.io"], &["leases"]),
         named_rule(
-            &["get", "update"],
+            &["get", "update", "patch"],
             &["coordination.k8s.io"],
             &["leases"],
-            &["kube-scheduler"],
+            &["kube-scheduler", "kuberaft-scheduler"],
         ),
         rule(READ, &[""], &["nodes"]),
         rule(&["get", "list", "watch", "delete"], &[""], &["pods"]),
@@ -731,10 +731,10 @@ fn controller_manager_rules() -> Vec<Value> {
         events_rule(),
         rule(&["create"], &["coordination.k8s.io"], &["leases"]),
         named_rule(
-            &["get", "update"],
+            &["get", "update", "patch"],
             &["coordination.k8s.io"],
             &["leases"],
-            &["kube-controller-manager"],
+            &["kube-controller-manager", "kuberaft-controller-manager"],
         ),
         rule(&["create"], &[""], &["secrets", "serviceaccounts"]),
         rule(&["delete"], &[""], &["secrets"]),

@@ -521,9 +521,16 @@ pub async fn check_escalation(api: &Api, user: &User, res: &crate::catalog::Reso
     })
 }
 
-/// decide(), with a denial as 403 Forbidden.
+/// decide(), with a denial as 403 Forbidden. Decisions read this replica's state; a denial is
+/// confirmed against the latest state first (a read barrier), so a binding just created through
+/// another replica takes effect at once.
 pub async fn check(api: &Api, attrs: &crate::rbac::Attributes) -> ApiResult<()> {
-    match decide(api, attrs).await? {
+    let mut decision = decide(api, attrs).await?;
+    if matches!(decision, crate::rbac::Decision::Deny(_)) {
+        api.store.replica.read_barrier().await?;
+        decision = decide(api, attrs).await?;
+    }
+    match decision {
         crate::rbac::Decision::Allow => Ok(()),
         crate::rbac::Decision::Deny(reason) => {
             let gr = crate::error::GroupResource { group: attrs.api_group.clone(), resource: attrs.resource.clone() };

@@ -326,3 +326,7 @@ impl Cluster {
         guard
     }
 }
+
+/// Server flags for tests that run their own scheduler or controller manager in the test
+/// process (the replicas' own would compete for the same Leases).
+pub const NO_CONTROLLERS: &[&str] = &["--no-controllers"];

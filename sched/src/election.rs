@@ -1,0 +1,240 @@
+//! Leader election over a coordination.k8s.io/v1 Lease, with client-go's leaderelection
+//! semantics, plus kuberaft's fencing: the leader's client carries `X-Kuberaft-Fence`, so that
+//! once the Lease changes hands the API server refuses the old leader's writes (409 "fenced").
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::Context;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, PostParams};
+use kube::Client;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// The request header the API server fences writes by.
+pub const FENCE_HEADER: &str = "x-kuberaft-fence";
+
+#[derive(Clone, Debug)]
+pub struct ElectionConfig {
+    pub namespace: String,
+    pub name: String,
+    pub identity: String,
+    /// How long a Lease stays valid after its last renewal.
+    pub lease_duration: Duration,
+    /// How long the leader keeps trying to renew before it gives up leadership.
+    pub renew_deadline: Duration,
+    /// Between acquire/renew attempts.
+    pub retry_period: Duration,
+}
+
+impl ElectionConfig {
+    /// client-go's defaults: 15 s lease, 10 s renew deadline, 2 s retry period.
+    pub fn new(namespace: &str, name: &str, identity: &str) -> Self {
+        ElectionConfig {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            identity: identity.to_string(),
+            lease_duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(2),
+        }
+    }
+
+    /// The value of the fence header for this holder: `NAMESPACE/LEASE=HOLDER`.
+    pub fn fence(&self) -> String {
+        format!("{}/{}={}", self.namespace, self.name, self.identity)
+    }
+}
+
+/// A kube::Client whose every request carries the fence of `election`'s holder.
+pub fn fenced_client(config: &kube::Config, election: &ElectionConfig) -> anyhow::Result<Client> {
+    let mut config = config.clone();
+    let value = http::HeaderValue::from_str(&election.fence()).with_context(|| format!("fence {:?} is not a valid header value", election.fence()))?;
+    config.headers.push((http::HeaderName::from_static(FENCE_HEADER), value));
+    Client::try_from(config).context("building the fenced client")
+}
+
+/// Aborts a spawned task when dropped, so that aborting `run_elected` also stops `lead`.
+struct AbortOnDrop(tokio::task::JoinHandle<anyhow::Result<()>>);
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Runs forever: campaigns for the lease; while this process holds it, runs
+/// `lead(fenced_client, lost)`. `lost` turns true when renewal has failed for longer than the
+/// renew deadline; `lead` then gets one retry period to stop before it is aborted. When `lead`
+/// returns or leadership is lost, it campaigns again.
+pub async fn run_elected<F, Fut>(config: kube::Config, election: ElectionConfig, lead: F) -> anyhow::Result<()>
+where
+    F: Fn(kube::Client, watch::Receiver<bool>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let plain = Client::try_from(config.clone()).context("building the election client")?;
+    let fenced = fenced_client(&config, &election)?;
+    let leases: Api<Lease> = Api::namespaced(plain, &election.namespace);
+    let lock = format!("{}/{}", election.namespace, election.name);
+    loop {
+        // Campaign.
+        loop {
+            match try_acquire_or_renew(&leases, &election).await {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(e) => tracing::debug!(lease = %lock, error = %format!("{e:#}"), "acquiring the lease failed"),
+            }
+            tokio::time::sleep(jittered(election.retry_period)).await;
+        }
+        tracing::info!(lease = %lock, identity = %election.identity, "became leader");
+        let (lost_tx, lost_rx) = watch::channel(false);
+        let mut task = AbortOnDrop(tokio::spawn(lead(fenced.clone(), lost_rx)));
+        let mut last_renew = Instant::now();
+        // Renew every retry period; give up once no renewal succeeded within the renew deadline.
+        let lost = loop {
+            tokio::select! {
+                res = &mut task.0 => {
+                    match res {
+                        Ok(Ok(())) => tracing::info!(lease = %lock, "leader work returned"),
+                        Ok(Err(e)) => tracing::warn!(lease = %lock, error = %format!("{e:#}"), "leader work failed"),
+                        Err(e) => tracing::warn!(lease = %lock, error = %e, "leader work panicked"),
+                    }
+                    break false;
+                }
+                _ = tokio::time::sleep(election.retry_period) => {
+                    let left = election.renew_deadline.saturating_sub(last_renew.elapsed());
+                    match tokio::time::timeout(left.max(Duration::from_millis(1)), try_acquire_or_renew(&leases, &election)).await {
+                        Ok(Ok(true)) => last_renew = Instant::now(),
+                        Ok(Ok(false)) => {
+                            // Someone else holds a valid lease: we are no longer the leader.
+                            break true;
+                        }
+                        Ok(Err(e)) => tracing::debug!(lease = %lock, error = %format!("{e:#}"), "renewing the lease failed"),
+                        Err(_) => tracing::debug!(lease = %lock, "renewing the lease timed out"),
+                    }
+                    if last_renew.elapsed() >= election.renew_deadline {
+                        break true;
+                    }
+                }
+            }
+        };
+        if lost {
+            tracing::warn!(lease = %lock, identity = %election.identity, "leadership lost");
+            let _ = lost_tx.send(true);
+            if tokio::time::timeout(election.retry_period, &mut task.0).await.is_err() {
+                task.0.abort();
+            }
+        } else {
+            // `lead` returned: back off a little so a failing `lead` does not spin.
+            tokio::time::sleep(election.retry_period).await;
+        }
+        drop(task);
+    }
+}
+
+/// ±10 % so that candidates do not retry in lock step.
+fn jittered(d: Duration) -> Duration {
+    d.mul_f64(1.0 + rand::random::<f64>() * 0.2 - 0.1)
+}
+
+fn now_micro() -> MicroTime {
+    // MicroTime serializes with 6 fractional digits; drop the nanoseconds it cannot carry.
+    let now = Timestamp::now();
+    let micros = now.as_microsecond();
+    MicroTime(Timestamp::from_microsecond(micros).unwrap_or(now))
+}
+
+/// Whether a lease is held by someone (non-empty holder) and not yet expired.
+fn held_and_valid(spec: &LeaseSpec, now: Timestamp) -> bool {
+    let holder = spec.holder_identity.as_deref().unwrap_or("");
+    if holder.is_empty() {
+        return false;
+    }
+    let (Some(renew), Some(secs)) = (spec.renew_time.as_ref(), spec.lease_duration_seconds) else {
+        return false;
+    };
+    let expiry = renew.0.as_millisecond().saturating_add(i64::from(secs) * 1000);
+    expiry >= now.as_millisecond()
+}
+
+/// One round of client-go's tryAcquireOrRenew. Ok(true): we hold the lease now.
+/// Ok(false): someone else holds it, or we lost a write race (409).
+async fn try_acquire_or_renew(leases: &Api<Lease>, e: &ElectionConfig) -> anyhow::Result<bool> {
+    let now = now_micro();
+    let duration_secs = i32::try_from(e.lease_duration.as_secs().max(1)).unwrap_or(i32::MAX);
+    let current = leases.get_opt(&e.name).await.with_context(|| format!("reading lease {}/{}", e.namespace, e.name))?;
+    let Some(mut lease) = current else {
+        let lease = Lease {
+            metadata: ObjectMeta { name: Some(e.name.clone()), namespace: Some(e.namespace.clone()), ..Default::default() },
+            spec: Some(LeaseSpec {
+                holder_identity: Some(e.identity.clone()),
+                lease_duration_seconds: Some(duration_secs),
+                acquire_time: Some(now.clone()),
+                renew_time: Some(now),
+                lease_transitions: Some(0),
+                ..Default::default()
+            }),
+        };
+        return match leases.create(&PostParams::default(), &lease).await {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+            Err(err) => Err(err).with_context(|| format!("creating lease {}/{}", e.namespace, e.name)),
+        };
+    };
+    let mut spec = lease.spec.take().unwrap_or_default();
+    let ours = spec.holder_identity.as_deref() == Some(e.identity.as_str());
+    if !ours && held_and_valid(&spec, now.0) {
+        return Ok(false);
+    }
+    if !ours {
+        spec.acquire_time = Some(now.clone());
+        spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0).saturating_add(1));
+        spec.holder_identity = Some(e.identity.clone());
+    }
+    spec.lease_duration_seconds = Some(duration_secs);
+    spec.renew_time = Some(now);
+    lease.spec = Some(spec);
+    // `lease` keeps the resourceVersion we read: the replace is conditional on it.
+    match leases.replace(&e.name, &PostParams::default(), &lease).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+        Err(err) => Err(err).with_context(|| format!("updating lease {}/{}", e.namespace, e.name)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(holder: &str, renew_ms_ago: i64, secs: i32) -> LeaseSpec {
+        let renew = Timestamp::from_millisecond(Timestamp::now().as_millisecond() - renew_ms_ago).ok().map(MicroTime);
+        LeaseSpec { holder_identity: Some(holder.into()), renew_time: renew, lease_duration_seconds: Some(secs), ..Default::default() }
+    }
+
+    #[test]
+    fn lease_is_valid_until_renew_time_plus_duration() {
+        assert!(held_and_valid(&spec("a", 1_000, 15), Timestamp::now()));
+        assert!(!held_and_valid(&spec("a", 16_000, 15), Timestamp::now()));
+    }
+
+    #[test]
+    fn lease_without_holder_is_free() {
+        assert!(!held_and_valid(&spec("", 0, 15), Timestamp::now()));
+        assert!(!held_and_valid(&LeaseSpec::default(), Timestamp::now()));
+    }
+
+    #[test]
+    fn micro_time_has_six_fractional_digits() {
+        let v = serde_json::to_value(now_micro()).unwrap_or_default();
+        let s = v.as_str().unwrap_or_default();
+        let frac = s.split('.').nth(1).unwrap_or_default();
+        assert_eq!(frac.len(), 7, "{s}"); // 6 digits and Z
+    }
+
+    #[test]
+    fn fence_header_value_names_namespace_lease_and_holder() {
+        assert_eq!(ElectionConfig::new("kube-system", "sched", "n1").fence(), "kube-system/sched=n1");
+    }
+}

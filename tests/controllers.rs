@@ -1,0 +1,170 @@
+//! The controllers crate end to end: a controller manager (in this process, elected through a
+//! Lease) against a three-replica cluster, driven with kubectl. No node runs pods here, so a
+//! helper thread marks pods Running and Ready, as a kubelet would.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::Cluster;
+
+fn start_controller_manager(c: &Cluster) {
+    let kubeconfig = c.path().join("n1").join("kubeconfig");
+    let ca = std::fs::read_to_string(c.path().join("pki").join("ca.crt")).expect("ca.crt");
+    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "controllers=info".into())).with_test_writer().try_init();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+        rt.block_on(async move {
+            let kc = kube::config::Kubeconfig::read_from(&kubeconfig).expect("kubeconfig");
+            let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.expect("config");
+            let mut opts = controllers::ControllerManagerOptions::new("test-cm");
+            let mut election = controllers::ElectionConfig::new(&opts.lease_namespace, &opts.lease_name, "test-cm");
+            election.lease_duration = Duration::from_secs(4);
+            election.renew_deadline = Duration::from_secs(3);
+            election.retry_period = Duration::from_millis(500);
+            opts.election = Some(election);
+            opts.root_ca_pem = Some(ca);
+            if let Err(e) = controllers::run_controller_manager(config, opts).await {
+                eprintln!("controller manager stopped: {e:#}");
+            }
+        });
+    });
+}
+
+/// Marks every pod in `ns` Running and Ready until dropped, standing in for kubelets.
+struct FakeKubelet(Arc<AtomicBool>);
+
+impl FakeKubelet {
+    fn start(c: &Cluster, ns: &str) -> FakeKubelet {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (kubeconfig, cache, ns, flag) = (c.path().join("n1").join("kubeconfig"), c.path().join("kcache").join("kubelet"), ns.to_string(), stop.clone());
+        std::thread::spawn(move || {
+            let kubectl = |args: &[&str]| std::process::Command::new("kubectl").arg("--kubeconfig").arg(&kubeconfig).arg("--cache-dir").arg(&cache).args(args).output();
+            while !flag.load(Ordering::Relaxed) {
+                let tmpl = r#"{range .items[*]}{.metadata.name} {.status.phase}{"\n"}{end}"#;
+                if let Ok(out) = kubectl(&["get", "pods", "-n", &ns, "-o", &format!("jsonpath={tmpl}")]) {
+                    for line in String::from_utf8_lossy(&out.stdout).lines() {
+                        let mut w = line.split_whitespace();
+                        if let (Some(name), phase) = (w.next(), w.next()) {
+                            if phase == Some("Running") {
+                                continue;
+                            }
+                            let _ = kubectl(&["patch", "pod", name, "-n", &ns, "--subresource=status", "--type=merge", "-p", r#"{"status":{"phase":"Running","conditions":[{"type":"Ready","status":"True"}]}}"#]);
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        });
+        FakeKubelet(stop)
+    }
+}
+
+impl Drop for FakeKubelet {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn get(c: &Cluster, args: &[&str]) -> String {
+    String::from_utf8_lossy(&c.kubectl(args).stdout).trim().to_string()
+}
+
+fn words(s: String) -> Vec<String> {
+    s.split_whitespace().map(str::to_string).collect()
+}
+
+#[test]
+fn deployments_roll_out_undo_scale_and_are_collected_and_namespaces_are_emptied() {
+    let c = Cluster::up(3, common::NO_CONTROLLERS);
+    c.wait_api();
+    start_controller_manager(&c);
+
+    // ServiceAccount controller: a new namespace gets `default` and the root CA ConfigMap.
+    c.kubectl_ok(&["create", "namespace", "team"]);
+    wait_for("default service account", Duration::from_secs(30), || c.kubectl(&["get", "sa", "default", "-n", "team"]).status.success());
+    let ca = get(&c, &["get", "cm", "kube-root-ca.crt", "-n", "team", "-o", "jsonpath={.data.ca\\.crt}"]);
+    assert!(ca.starts_with("-----BEGIN CERTIFICATE-----"), "{ca}");
+
+    // Deployment → ReplicaSet `web-<hash>` → 3 pods owned by it.
+    c.kubectl_ok(&["create", "deployment", "web", "--image=nginx", "--replicas=3"]);
+    wait_for("one replica set with 3 pods", Duration::from_secs(30), || {
+        let rs = words(get(&c, &["get", "rs", "-l", "app=web", "-o", "jsonpath={.items[*].metadata.name}"]));
+        let owners = words(get(&c, &["get", "pods", "-l", "app=web", "-o", "jsonpath={.items[*].metadata.ownerReferences[0].name}"]));
+        rs.len() == 1 && owners.len() == 3 && owners.iter().all(|o| *o == rs[0])
+    });
+    let rs1 = get(&c, &["get", "rs", "-l", "app=web", "-o", "jsonpath={.items[0].metadata.name}"]);
+    assert!(rs1.starts_with("web-"), "{rs1}");
+    let hash = get(&c, &["get", "rs", &rs1, "-o", "jsonpath={.metadata.labels.pod-template-hash}"]);
+    assert_eq!(rs1, format!("web-{hash}"));
+
+    let _kubelet = FakeKubelet::start(&c, "default");
+    c.kubectl_ok(&["rollout", "status", "deploy/web", "--timeout=60s"]);
+    assert_eq!(get(&c, &["get", "deploy", "web", "-o", "jsonpath={.status.availableReplicas}"]), "3");
+    let events = c.kubectl_ok(&["get", "events", "-o", "jsonpath={.items[*].message}"]);
+    assert!(events.contains(&format!("Scaled up replica set {rs1} to 3 from 0")), "{events}");
+    assert!(events.contains("Created pod: web-"), "{events}");
+
+    // A new template: a second ReplicaSet takes over; revision 2.
+    c.kubectl_ok(&["set", "image", "deploy/web", "nginx=nginx:1.27"]);
+    c.kubectl_ok(&["rollout", "status", "deploy/web", "--timeout=60s"]);
+    let rss = words(get(&c, &["get", "rs", "-l", "app=web", "-o", "jsonpath={.items[*].metadata.name}"]));
+    assert_eq!(rss.len(), 2, "{rss:?}");
+    assert_eq!(get(&c, &["get", "rs", &rs1, "-o", "jsonpath={.spec.replicas}"]), "0");
+    assert_eq!(get(&c, &["get", "deploy", "web", "-o", "jsonpath={.metadata.annotations.deployment\\.kubernetes\\.io/revision}"]), "2");
+    let history = c.kubectl_ok(&["rollout", "history", "deploy/web"]);
+    assert!(history.contains('1') && history.contains('2'), "{history}");
+
+    // Undo reuses the first ReplicaSet, which becomes revision 3.
+    c.kubectl_ok(&["rollout", "undo", "deploy/web"]);
+    c.kubectl_ok(&["rollout", "status", "deploy/web", "--timeout=60s"]);
+    assert_eq!(get(&c, &["get", "rs", &rs1, "-o", "jsonpath={.spec.replicas}"]), "3");
+    assert_eq!(get(&c, &["get", "rs", &rs1, "-o", "jsonpath={.metadata.annotations.deployment\\.kubernetes\\.io/revision}"]), "3");
+    assert_eq!(words(get(&c, &["get", "rs", "-l", "app=web", "-o", "name"])).len(), 2);
+    assert_eq!(get(&c, &["get", "deploy", "web", "-o", "jsonpath={.spec.template.spec.containers[0].image}"]), "nginx");
+
+    // Scaling.
+    c.kubectl_ok(&["scale", "deploy/web", "--replicas=5"]);
+    c.kubectl_ok(&["rollout", "status", "deploy/web", "--timeout=60s"]);
+    wait_for("5 pods", Duration::from_secs(30), || words(get(&c, &["get", "pods", "-l", "app=web", "-o", "name"])).len() == 5);
+    c.kubectl_ok(&["scale", "deploy/web", "--replicas=2"]);
+    wait_for("2 pods", Duration::from_secs(30), || words(get(&c, &["get", "pods", "-l", "app=web", "-o", "name"])).len() == 2);
+
+    // Background deletion: the garbage collector removes the ReplicaSets, then their pods.
+    c.kubectl_ok(&["delete", "deploy", "web"]);
+    wait_for("replica sets and pods of web to be collected", Duration::from_secs(30), || {
+        get(&c, &["get", "rs,pods", "-l", "app=web", "-o", "name"]).is_empty()
+    });
+
+    // Foreground deletion of a ReplicaSet: pods go first, then the ReplicaSet.
+    c.kubectl_ok(&["create", "deployment", "fg", "--image=nginx", "--replicas=2"]);
+    wait_for("fg pods", Duration::from_secs(30), || words(get(&c, &["get", "pods", "-l", "app=fg", "-o", "name"])).len() == 2);
+    c.kubectl_ok(&["delete", "deploy", "fg", "--cascade=foreground", "--timeout=60s"]);
+    wait_for("fg collected", Duration::from_secs(30), || get(&c, &["get", "deploy,rs,pods", "-l", "app=fg", "-o", "name"]).is_empty());
+
+    // Orphan deletion: the ReplicaSet stays, without its owner reference.
+    c.kubectl_ok(&["create", "deployment", "orph", "--image=nginx", "--replicas=1"]);
+    wait_for("orph rs", Duration::from_secs(30), || !get(&c, &["get", "rs", "-l", "app=orph", "-o", "name"]).is_empty());
+    c.kubectl_ok(&["delete", "deploy", "orph", "--cascade=orphan", "--timeout=60s"]);
+    wait_for("orph deployment gone", Duration::from_secs(30), || get(&c, &["get", "deploy", "orph", "-o", "name"]).is_empty());
+    wait_for("orph rs released", Duration::from_secs(30), || get(&c, &["get", "rs", "-l", "app=orph", "-o", "jsonpath={.items[*].metadata.ownerReferences}"]).is_empty());
+    assert_eq!(words(get(&c, &["get", "rs", "-l", "app=orph", "-o", "name"])).len(), 1);
+
+    // Namespace deletion empties the namespace, then it disappears.
+    c.kubectl_ok(&["create", "deployment", "api", "-n", "team", "--image=nginx", "--replicas=2"]);
+    c.kubectl_ok(&["create", "configmap", "settings", "-n", "team", "--from-literal=a=1"]);
+    wait_for("api pods", Duration::from_secs(30), || words(get(&c, &["get", "pods", "-n", "team", "-o", "name"])).len() == 2);
+    c.kubectl_ok(&["delete", "namespace", "team", "--wait=false"]);
+    wait_for("namespace team to disappear", Duration::from_secs(60), || !c.kubectl(&["get", "namespace", "team"]).status.success());
+}
+

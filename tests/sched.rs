@@ -1,0 +1,232 @@
+//! The scheduler (sched crate) in process against three replicas: binding, filters, the
+//! unschedulable path and its retry, leader election between two schedulers, and fencing.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Cluster;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, PostParams};
+use sched::{ElectionConfig, SchedulerOptions};
+
+async fn config(c: &Cluster) -> kube::Config {
+    let kc = kube::config::Kubeconfig::read_from(c.path().join("n1").join("kubeconfig")).expect("kubeconfig");
+    kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.expect("config")
+}
+
+/// Short timings so that takeovers happen within seconds.
+fn fast(identity: &str) -> SchedulerOptions {
+    let mut o = SchedulerOptions::new(identity);
+    let mut e = ElectionConfig::new(&o.lease_namespace, &o.lease_name, identity);
+    e.lease_duration = Duration::from_secs(3);
+    e.renew_deadline = Duration::from_secs(2);
+    e.retry_period = Duration::from_millis(300);
+    o.election = Some(e);
+    o
+}
+
+fn start(cfg: kube::Config, opts: SchedulerOptions) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if let Err(e) = sched::run_scheduler(cfg, opts).await {
+            panic!("scheduler failed: {e:#}");
+        }
+    })
+}
+
+/// Polls `f` until it returns Some, or panics with `what` after `timeout`.
+async fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let t = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(t.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn node_yaml(name: &str, cpu: &str, memory: &str, labels: &str, taints: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Node
+metadata:
+  name: {name}
+  labels: {{kubernetes.io/hostname: {name}{labels}}}
+spec:
+  taints: [{taints}]
+status:
+  allocatable: {{cpu: "{cpu}", memory: "{memory}", pods: "10"}}
+  capacity: {{cpu: "{cpu}", memory: "{memory}", pods: "10"}}
+  conditions:
+  - {{type: Ready, status: "True", reason: KubeletReady, message: ready}}
+"#
+    )
+}
+
+fn pod_yaml(name: &str, memory: &str, extra: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+spec:
+  containers:
+  - name: c
+    image: busybox
+    resources:
+      requests: {{cpu: 100m, memory: "{memory}"}}
+{extra}"#
+    )
+}
+
+fn create(c: &Cluster, yaml: &str) {
+    let out = c.kubectl_stdin(&["create", "-f", "-"], yaml);
+    assert!(out.status.success(), "kubectl create failed: {}\n{yaml}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn get(c: &Cluster, args: &[&str]) -> String {
+    let out = c.kubectl(args);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn node_of(c: &Cluster, pod: &str) -> Option<String> {
+    Some(get(c, &["get", "pod", pod, "-o", "jsonpath={.spec.nodeName}"])).filter(|n| !n.is_empty())
+}
+
+fn holder(c: &Cluster) -> Option<String> {
+    Some(get(c, &["get", "lease", "-n", "kube-system", "kuberaft-scheduler", "-o", "jsonpath={.spec.holderIdentity}"])).filter(|h| !h.is_empty())
+}
+
+/// Events about `pod` as (reason, message).
+fn events(c: &Cluster, pod: &str) -> Vec<(String, String)> {
+    let v: serde_json::Value = serde_json::from_str(&c.kubectl_ok(&["get", "events", "-o", "json"])).unwrap_or_default();
+    v["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["involvedObject"]["name"] == pod && e["involvedObject"]["kind"] == "Pod")
+        .map(|e| (e["reason"].as_str().unwrap_or("").to_string(), e["message"].as_str().unwrap_or("").to_string()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scheduler_binds_fitting_nodes_reports_unschedulable_and_retries_when_a_node_appears() {
+    let c = Cluster::up(3, common::NO_CONTROLLERS);
+    c.wait_api();
+    let cfg = config(&c).await;
+    let task = start(cfg, fast("s1"));
+
+    create(&c, &node_yaml("big", "4", "8Gi", ", disk: ssd", ""));
+    create(&c, &node_yaml("small", "1", "1Gi", "", ""));
+    create(&c, &node_yaml("gpu", "8", "16Gi", "", "{key: dedicated, value: gpu, effect: NoSchedule}"));
+
+    // nodeSelector: only "big" has disk=ssd.
+    create(&c, &pod_yaml("p-ssd", "100Mi", "  nodeSelector: {disk: ssd}\n"));
+    // The tainted node, through a toleration and required node affinity.
+    create(
+        &c,
+        &pod_yaml(
+            "p-gpu",
+            "100Mi",
+            "  tolerations: [{key: dedicated, operator: Equal, value: gpu, effect: NoSchedule}]\n  affinity:\n    nodeAffinity:\n      requiredDuringSchedulingIgnoredDuringExecution:\n        nodeSelectorTerms: [{matchExpressions: [{key: kubernetes.io/hostname, operator: In, values: [gpu]}]}]\n",
+        ),
+    );
+    // Resources: 6Gi fits only "big" among untainted nodes.
+    create(&c, &pod_yaml("p-mem", "6Gi", ""));
+    let long = Duration::from_secs(30);
+    assert_eq!(wait_for("p-ssd bound", long, || node_of(&c, "p-ssd")).await, "big");
+    assert_eq!(wait_for("p-gpu bound", long, || node_of(&c, "p-gpu")).await, "gpu");
+    assert_eq!(wait_for("p-mem bound", long, || node_of(&c, "p-mem")).await, "big");
+    assert_eq!(get(&c, &["get", "pod", "p-ssd", "-o", "jsonpath={.status.conditions[?(@.type==\"PodScheduled\")].status}"]), "True");
+    let ev = wait_for("Scheduled event", long, || events(&c, "p-ssd").into_iter().find(|(r, _)| r == "Scheduled")).await;
+    assert_eq!(ev.1, "Successfully assigned default/p-ssd to big");
+
+    // 4Gi fits nowhere now: big has 8Gi - 6Gi - 100Mi left, small 1Gi, gpu is tainted.
+    create(&c, &pod_yaml("p-huge", "4Gi", ""));
+    let want = "0/3 nodes are available: 1 node(s) had untolerated taint {dedicated: gpu}, 2 Insufficient memory. \
+                preemption: 0/3 nodes are available: 1 Preemption is not helpful for scheduling, 2 No preemption victims found for incoming pod.";
+    let cond = wait_for("PodScheduled=False", long, || {
+        let s = get(&c, &["get", "pod", "p-huge", "-o", "jsonpath={.status.conditions[?(@.type==\"PodScheduled\")]}"]);
+        let v: serde_json::Value = serde_json::from_str(&s).ok()?;
+        (v["status"] == "False").then_some(v)
+    })
+    .await;
+    assert_eq!(cond["reason"], "Unschedulable");
+    assert_eq!(cond["message"], want);
+    let ev = wait_for("FailedScheduling event", long, || events(&c, "p-huge").into_iter().find(|(r, _)| r == "FailedScheduling")).await;
+    assert_eq!(ev.1, want);
+    assert_eq!(node_of(&c, "p-huge"), None);
+
+    // A fitting node appears: the pod is retried on that change, not by polling.
+    create(&c, &node_yaml("roomy", "4", "32Gi", "", ""));
+    assert_eq!(wait_for("p-huge bound after a node was added", long, || node_of(&c, "p-huge")).await, "roomy");
+    task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_of_two_schedulers_leads_and_the_other_takes_over_when_it_stops() {
+    let c = Cluster::up(3, common::NO_CONTROLLERS);
+    c.wait_api();
+    let cfg = config(&c).await;
+    let a = start(cfg.clone(), fast("a"));
+    let b = start(cfg, fast("b"));
+
+    let first = wait_for("a lease holder", Duration::from_secs(30), || holder(&c)).await;
+    assert!(first == "a" || first == "b", "holder {first}");
+    // Both keep campaigning; the holder keeps renewing, so the lease does not move.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(holder(&c).as_deref(), Some(first.as_str()));
+    assert_eq!(get(&c, &["get", "lease", "-n", "kube-system", "kuberaft-scheduler", "-o", "jsonpath={.spec.leaseTransitions}"]), "0");
+
+    let (leader, other) = if first == "a" { (a, b) } else { (b, a) };
+    let second = if first == "a" { "b" } else { "a" };
+    leader.abort();
+    let t = Instant::now();
+    wait_for("the other scheduler to take over", Duration::from_secs(10), || (holder(&c).as_deref() == Some(second)).then_some(())).await;
+    // lease_duration (3 s) + retry period + polling.
+    assert!(t.elapsed() < Duration::from_secs(3 + 3), "takeover took {:?}", t.elapsed());
+    assert_eq!(get(&c, &["get", "lease", "-n", "kube-system", "kuberaft-scheduler", "-o", "jsonpath={.spec.leaseTransitions}"]), "1");
+
+    // The new leader schedules.
+    create(&c, &node_yaml("n-a", "2", "2Gi", "", ""));
+    create(&c, &pod_yaml("after-takeover", "100Mi", ""));
+    assert_eq!(wait_for("pod bound by the new leader", Duration::from_secs(30), || node_of(&c, "after-takeover")).await, "n-a");
+    other.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_fenced_as_the_old_holder_get_409_after_the_lease_moves() {
+    let c = Cluster::up(3, common::NO_CONTROLLERS);
+    c.wait_api();
+    let cfg = config(&c).await;
+    let mut e = ElectionConfig::new("kube-system", "fence-test", "old");
+    e.lease_duration = Duration::from_secs(3);
+    e.renew_deadline = Duration::from_secs(2);
+    e.retry_period = Duration::from_millis(300);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let elected = tokio::spawn(sched::run_elected(cfg, e, move |client, mut lost| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send(client);
+            let _ = lost.wait_for(|l| *l).await;
+            Ok(())
+        }
+    }));
+    let fenced = tokio::time::timeout(Duration::from_secs(30), rx.recv()).await.expect("elected in time").expect("fenced client");
+    let cms: Api<ConfigMap> = Api::namespaced(fenced, "default");
+    let cm = |name: &str| ConfigMap { metadata: kube::api::ObjectMeta { name: Some(name.into()), ..Default::default() }, ..Default::default() };
+    cms.create(&PostParams::default(), &cm("while-leader")).await.expect("a write fenced as the holder succeeds");
+
+    // The old holder stops renewing; someone else takes the lease.
+    elected.abort();
+    c.kubectl_ok(&["patch", "lease", "-n", "kube-system", "fence-test", "--type", "merge", "-p", r#"{"spec":{"holderIdentity":"new"}}"#]);
+    match cms.create(&PostParams::default(), &cm("after-move")).await {
+        Err(kube::Error::Api(s)) => {
+            assert_eq!(s.code, 409, "{s:?}");
+            assert!(s.message.contains("fenced"), "{}", s.message);
+        }
+        other => panic!("expected 409 fenced, got {other:?}"),
+    }
+    assert!(!c.kubectl(&["get", "configmap", "after-move"]).status.success());
+}
