@@ -35,6 +35,8 @@ enum Cmd {
         /// Do not run the scheduler and controller manager in this replica.
         #[arg(long)]
         no_controllers: bool,
+        #[command(flatten)]
+        election: components::ElectionArgs,
     },
     /// Run a node daemon (for now only hollow nodes: registered, heartbeating, reporting their
     /// pods Running without running anything; for control-plane scale tests).
@@ -141,12 +143,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
     let res = match cli.cmd {
-        Cmd::Server { store, api, no_controllers } => store.resolve().and_then(|cfg| {
+        Cmd::Server { store, api, no_controllers, election } => store.resolve().and_then(|cfg| {
             let api = api.resolve(cfg.cacert.clone(), cfg.cert.clone(), cfg.key.clone())?;
             let name = cfg.replica.name.clone();
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async move {
                 if api.enabled && !no_controllers {
-                    components::spawn(&name, &api);
+                    components::spawn(&name, &api, &election);
                 }
                 apiserver::run(cfg, api).await
             })
@@ -154,7 +156,7 @@ fn main() -> ExitCode {
         Cmd::Up { dir } => apiserver::prepare_up(dir).and_then(|(cfg, api)| {
             let name = cfg.replica.name.clone();
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async move {
-                components::spawn(&name, &api);
+                components::spawn(&name, &api, &components::ElectionArgs::default());
                 apiserver::run(cfg, api).await
             })
         }),
