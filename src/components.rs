@@ -62,7 +62,7 @@ pub fn spawn(identity: &str, api: &apiserver::ApiConfig, election: &ElectionArgs
         tokio::spawn(async move {
             loop {
                 let res = match sched::client::config_from_files(&server, &ca, &cert, &key).await {
-                    Ok(cfg) => sched::run_scheduler(cfg, opts.clone()).await,
+                    Ok(cfg) => sched::run_scheduler(sched::client::with_user_agent(cfg, "kuberaft-scheduler"), opts.clone()).await,
                     Err(e) => Err(e),
                 };
                 if let Err(e) = res {
@@ -85,7 +85,7 @@ pub fn spawn(identity: &str, api: &apiserver::ApiConfig, election: &ElectionArgs
                         let mut o = controllers::ControllerManagerOptions::new(&identity);
                         o.root_ca_pem = root_ca;
                         o.election = Some(election.clone());
-                        controllers::run_controller_manager(cfg, o).await
+                        controllers::run_controller_manager(sched::client::with_user_agent(cfg, "kuberaft-controller-manager"), o).await
                     }
                     Err(e) => Err(e),
                 };

@@ -17,6 +17,15 @@ pub async fn config_for(server: &str, ca_pem: &[u8], cert_pem: &[u8], key_pem: &
     Ok(kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await?)
 }
 
+/// Names the component in its requests' User-Agent, which the API server uses as the field
+/// manager of its writes (as Kubernetes does).
+pub fn with_user_agent(mut config: kube::Config, agent: &str) -> kube::Config {
+    if let Ok(v) = http::HeaderValue::from_str(&format!("{agent}/{}", env!("CARGO_PKG_VERSION"))) {
+        config.headers.push((http::header::USER_AGENT, v));
+    }
+    config
+}
+
 /// Reads the files, then config_for().
 pub async fn config_from_files(server: &str, ca: &std::path::Path, cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<kube::Config> {
     let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()));
