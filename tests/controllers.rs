@@ -168,3 +168,64 @@ fn deployments_roll_out_undo_scale_and_are_collected_and_namespaces_are_emptied(
     wait_for("namespace team to disappear", Duration::from_secs(60), || !c.kubectl(&["get", "namespace", "team"]).status.success());
 }
 
+
+#[test]
+fn endpoints_follow_pod_readiness() {
+    let c = Cluster::up(3, common::NO_CONTROLLERS);
+    c.wait_api();
+    start_controller_manager(&c);
+
+    let svc = r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"ep","labels":{"tier":"front"}},
+        "spec":{"selector":{"app":"ep"},"ports":[{"name":"http","port":80,"targetPort":"web"}]}}"#;
+    let pod = |name: &str| {
+        format!(
+            r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"{name}","labels":{{"app":"ep"}}}},
+            "spec":{{"containers":[{{"name":"c","image":"nginx","ports":[{{"name":"web","containerPort":8080}}]}}]}}}}"#
+        )
+    };
+    let dir = c.path().join("ep-manifests");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (f, body) in [("svc.json", svc.to_string()), ("a.json", pod("ep-a")), ("b.json", pod("ep-b"))] {
+        std::fs::write(dir.join(f), body).unwrap();
+        c.kubectl_ok(&["apply", "-f", dir.join(f).to_str().unwrap()]);
+    }
+    let status = |ip: &str, ready: &str| format!(r#"{{"status":{{"podIP":"{ip}","conditions":[{{"type":"Ready","status":"{ready}"}}]}}}}"#);
+    c.kubectl_ok(&["patch", "pod", "ep-a", "--subresource=status", "--type=merge", "-p", &status("10.244.0.5", "True")]);
+    c.kubectl_ok(&["patch", "pod", "ep-b", "--subresource=status", "--type=merge", "-p", &status("10.244.0.6", "False")]);
+
+    let ep = |path: &str| get(&c, &["get", "endpoints", "ep", "-o", &format!("jsonpath={path}")]);
+    wait_for("endpoints split by readiness", Duration::from_secs(30), || {
+        ep("{.subsets[*].addresses[*].ip}") == "10.244.0.5" && ep("{.subsets[*].notReadyAddresses[*].ip}") == "10.244.0.6"
+    });
+    assert_eq!(ep("{.subsets[0].addresses[0].targetRef.kind}/{.subsets[0].addresses[0].targetRef.name}"), "Pod/ep-a");
+    assert_eq!(ep("{.subsets[0].ports[0].name}:{.subsets[0].ports[0].port}:{.subsets[0].ports[0].protocol}"), "http:8080:TCP");
+    assert_eq!(ep("{.metadata.labels.tier}"), "front");
+
+    let slices = |path: &str| get(&c, &["get", "endpointslices", "-l", "kubernetes.io/service-name=ep", "-o", &format!("jsonpath={path}")]);
+    wait_for("endpoint slice with both pods", Duration::from_secs(30), || {
+        slices("{range .items[*].endpoints[*]}{.addresses[0]}={.conditions.ready} {end}") == "10.244.0.5=true 10.244.0.6=false"
+    });
+    let names = words(slices("{.items[*].metadata.name}"));
+    assert_eq!(names.len(), 1, "{names:?}");
+    assert!(names[0].starts_with("ep-") && names[0].len() == "ep-".len() + 5, "{names:?}");
+    assert_eq!(slices("{.items[0].addressType}"), "IPv4");
+    assert_eq!(slices("{.items[0].metadata.labels.endpointslice\\.kubernetes\\.io/managed-by}"), "endpointslice-controller.k8s.io");
+    assert_eq!(slices("{.items[0].ports[0].name}:{.items[0].ports[0].port}"), "http:8080");
+    assert_eq!(slices("{.items[0].endpoints[0].targetRef.name}"), "ep-a");
+
+    // The second pod turns Ready: it moves to addresses, in the same slice.
+    c.kubectl_ok(&["patch", "pod", "ep-b", "--subresource=status", "--type=merge", "-p", &status("10.244.0.6", "True")]);
+    wait_for("both pods ready in endpoints", Duration::from_secs(30), || {
+        ep("{.subsets[*].addresses[*].ip}") == "10.244.0.5 10.244.0.6" && ep("{.subsets[*].notReadyAddresses[*].ip}").is_empty()
+    });
+    wait_for("both pods ready in the slice", Duration::from_secs(30), || {
+        slices("{range .items[*].endpoints[*]}{.addresses[0]}={.conditions.ready} {end}") == "10.244.0.5=true 10.244.0.6=true"
+    });
+    assert_eq!(words(slices("{.items[*].metadata.name}")), names);
+
+    // Deleting the Service removes its Endpoints and slices.
+    c.kubectl_ok(&["delete", "service", "ep"]);
+    wait_for("endpoints and slices gone", Duration::from_secs(30), || {
+        !c.kubectl(&["get", "endpoints", "ep"]).status.success() && slices("{.items[*].metadata.name}").is_empty()
+    });
+}

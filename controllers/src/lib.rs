@@ -1,9 +1,10 @@
-//! Kubernetes controllers (ReplicaSet, Deployment, Namespace, ServiceAccount, garbage
-//! collector) as API clients built on kube-runtime. They run only while this process holds the
-//! controller-manager Lease, through the fenced client that leader election hands out, so a
-//! deposed leader's late writes are refused by the API server.
+//! Kubernetes controllers (ReplicaSet, Deployment, Namespace, ServiceAccount, Endpoints and
+//! EndpointSlice, garbage collector) as API clients built on kube-runtime. They run only while
+//! this process holds the controller-manager Lease, through the fenced client that leader
+//! election hands out, so a deposed leader's late writes are refused by the API server.
 
 pub mod deployment;
+pub mod endpoints;
 pub mod events;
 pub mod gc;
 pub mod namespace;
@@ -65,6 +66,7 @@ pub async fn run_controllers(client: Client, root_ca: Arc<Option<String>>, mut s
     set.spawn(named("namespace", namespace::run(client.clone())));
     set.spawn(named("serviceaccount", serviceaccount::run(client.clone(), root_ca)));
     set.spawn(named("garbagecollector", gc::run(client.clone())));
+    set.spawn(named("endpoints", endpoints::run(client.clone())));
     let result = tokio::select! {
         r = stop.wait_for(|lost| *lost) => {
             // An Err means the sender is gone, which also ends our term.
