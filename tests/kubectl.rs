@@ -492,7 +492,7 @@ fn service_account_tokens_authenticate_until_the_account_is_deleted() {
 }
 
 #[test]
-fn logs_and_exec_are_proxied_to_the_node_with_the_apiserver_certificate() {
+fn logs_exec_and_port_forward_are_proxied_to_the_node_with_the_apiserver_certificate() {
     let c = up();
     // A stand-in node daemon on an address the cluster's server certificate covers.
     let _node = c.fake_node("n6", "fake-1");
@@ -518,6 +518,15 @@ fn logs_and_exec_are_proxied_to_the_node_with_the_apiserver_certificate() {
         .expect("python exec");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "ran echo from python in app for kuberaft\n");
+    // Port-forward in the channel protocol (Python, kube-rs): bytes both ways through the proxy.
+    let out = std::process::Command::new("/usr/bin/python3")
+        .arg(common::repo_root().join("tests/clients/python_portforward.py"))
+        .arg(c.path().join("n2").join("kubeconfig"))
+        .args(["p1", "8080"])
+        .output()
+        .expect("python port-forward");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "echo:ping");
     // A pod that is not scheduled has nowhere to stream from.
     c.kubectl_ok(&["apply", "-f", &c.file("pod2.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: p2}\nspec:\n  containers:\n  - {name: app, image: busybox}\n")]);
     let err = c.kubectl_err(&["logs", "p2"]);

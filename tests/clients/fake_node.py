@@ -4,6 +4,8 @@ Serves kubelet's paths over HTTPS and requires a client certificate from the clu
   GET /containerLogs/NS/POD/CONTAINER   -> text lines naming the pod, the caller and the query
   GET /exec/NS/POD/CONTAINER?command=.. -> WebSocket (v5/v4.channel.k8s.io): the command line on
                                            stdout, then the status ("false" exits 1)
+  GET /portForward/NS/POD?ports=P,..     -> WebSocket (v4.channel.k8s.io, the channel protocol of
+                                           kube-rs and Python): echoes "echo:<data>" per port
 Usage: fake_node.py IP PORT CERT KEY CA
 """
 import base64
@@ -28,6 +30,24 @@ def frame(opcode, payload):
     else:
         head += bytes([127]) + struct.pack(">Q", n)
     return head + payload
+
+
+def read_frame(rfile):
+    """One client frame (masked): (opcode, payload), or (None, b"") at end of stream."""
+    head = rfile.read(2)
+    if len(head) < 2:
+        return None, b""
+    opcode = head[0] & 0x0F
+    n = head[1] & 0x7F
+    if n == 126:
+        n = struct.unpack(">H", rfile.read(2))[0]
+    elif n == 127:
+        n = struct.unpack(">Q", rfile.read(8))[0]
+    mask = rfile.read(4) if head[1] & 0x80 else b"\0\0\0\0"
+    data = bytearray(rfile.read(n))
+    for i in range(len(data)):
+        data[i] ^= mask[i % 4]
+    return opcode, bytes(data)
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -87,6 +107,33 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(frame(2, b"\x03" + json.dumps(status).encode()))
             self.wfile.write(frame(8, struct.pack(">H", 1000)))
             self.wfile.flush()
+            self.close_connection = True
+            return
+        if parts[0] == "portForward" and len(parts) == 3 and self.headers.get("Upgrade", "").lower() == "websocket":
+            offered = [p.strip() for p in self.headers.get("Sec-WebSocket-Protocol", "").split(",")]
+            if "v4.channel.k8s.io" not in offered:
+                self.send_error(400, "no supported subprotocol")
+                return
+            ports = [int(p) for p in q.get("ports", [""])[0].split(",") if p]
+            accept = base64.b64encode(hashlib.sha1((self.headers["Sec-WebSocket-Key"] + GUID).encode()).digest()).decode()
+            self.send_response(101)
+            self.send_header("Upgrade", "websocket")
+            self.send_header("Connection", "Upgrade")
+            self.send_header("Sec-WebSocket-Accept", accept)
+            self.send_header("Sec-WebSocket-Protocol", "v4.channel.k8s.io")
+            self.end_headers()
+            # Each port: data channel 2i and error channel 2i+1, each first told its port.
+            for i, port in enumerate(ports):
+                for ch in (2 * i, 2 * i + 1):
+                    self.wfile.write(frame(2, bytes([ch]) + struct.pack("<H", port)))
+            self.wfile.flush()
+            while True:
+                opcode, data = read_frame(self.rfile)
+                if opcode is None or opcode == 8:
+                    break
+                if opcode == 2 and len(data) > 1 and data[0] % 2 == 0:
+                    self.wfile.write(frame(2, bytes([data[0]]) + b"echo:" + data[1:]))
+                    self.wfile.flush()
             self.close_connection = True
             return
         self.send_error(404)
