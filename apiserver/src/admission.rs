@@ -158,11 +158,7 @@ pub fn inject_service_account_volume(pod: &mut Value, sa: Option<&Value>) {
     if mounted {
         return;
     }
-    use rand::Rng;
-    const ALPHA: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    let mut r = rand::rng();
-    let suffix: String = (0..5).map(|_| ALPHA[r.random_range(0..ALPHA.len())] as char).collect();
-    let name = format!("kube-api-access-{suffix}");
+    let name = format!("kube-api-access-{}", crate::rest::random_suffix());
     let volume = json!({
         "name": name,
         "projected": {"defaultMode": 420, "sources": [

@@ -45,16 +45,7 @@ const STREAMS_PER_CONN: usize = 100;
 const FANOUT_WRITES: usize = 50;
 const FANOUT_GAP: Duration = Duration::from_millis(100);
 
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
+use raftstore::bench::Procs;
 
 fn start(o: &BenchOptions, pki: &Path) -> anyhow::Result<Procs> {
     let initial: Vec<String> = IPS.iter().enumerate().map(|(i, ip)| format!("a{}={ip}:2380", i + 1)).collect();

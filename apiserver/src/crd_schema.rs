@@ -13,6 +13,7 @@
 //! Nothing here panics on any input; recursion is capped at [`MAX_DEPTH`]
 //! schema levels so that hostile schemas cannot overflow the stack.
 
+use crate::error::go_quote;
 use std::cmp::Ordering;
 use std::collections::HashSet;
 use std::fmt;
@@ -211,30 +212,6 @@ fn type_matches(ty: &str, v: &Value) -> bool {
         // Unknown type names are a schema problem (check_structural), not the object's.
         _ => true,
     }
-}
-
-/// Go's `%q` for a string.
-fn go_quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{7}' => out.push_str("\\a"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            '\u{b}' => out.push_str("\\v"),
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => out.push_str(&format!("\\x{:02x}", c as u32)),
-            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 /// Go's `%v` for a float64 (shortest digits, exponent outside [1e-4, 1e6)).

@@ -3,6 +3,7 @@
 //! additive rules, and anything not allowed is denied. Objects are read as JSON wire form;
 //! malformed fields simply match nothing, so no input can make this panic.
 
+use crate::error::go_quote;
 use serde_json::{json, Map, Value};
 
 /// What a request wants to do (authorizer.Attributes).
@@ -300,34 +301,6 @@ pub fn forbidden_message(a: &Attributes, reason: &str) -> String {
     } else {
         format!("{qualified} {} is forbidden: {msg}", go_quote(&a.name))
     }
-}
-
-/// Go's %q for a string (strconv.Quote), so messages match upstream byte for byte.
-fn go_quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\u{07}' => out.push_str("\\a"),
-            '\u{08}' => out.push_str("\\b"),
-            '\u{0c}' => out.push_str("\\f"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{0b}' => out.push_str("\\v"),
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
-                out.push_str(&format!("\\x{:02x}", c as u32))
-            }
-            c if c.is_control() => {
-                out.push_str(&format!("\\u{:04x}", c as u32));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 // ---------------------------------------------------------------------------------------

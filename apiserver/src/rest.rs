@@ -180,7 +180,8 @@ pub fn field_manager(req: &Request) -> String {
     }
 }
 
-fn random_suffix() -> String {
+/// Five characters for generateName (and other generated names).
+pub fn random_suffix() -> String {
     use rand::Rng;
     // The alphabet Kubernetes uses for generateName (no vowels, no look-alikes).
     const ALPHA: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";

@@ -433,7 +433,9 @@ pub async fn check_escalation(api: &Api, user: &User, res: &crate::catalog::Reso
     let load = load_policy(api).await?;
     let policy = crate::rbac::Policy { cluster_roles: &load[0], cluster_role_bindings: &load[1], roles: &load[2], role_bindings: &load[3] };
     let ns = if res.namespaced { obj["metadata"]["namespace"].as_str().unwrap_or("").to_string() } else { String::new() };
+    // `resource` may be "resource/subresource", as RBAC rules write it.
     let allowed = |verb: &str, group: &str, resource: &str, name: &str, namespace: &str, nonres: Option<&str>| {
+        let (resource, subresource) = resource.split_once('/').unwrap_or((resource, ""));
         let a = crate::rbac::Attributes {
             user: user.name.clone(),
             groups: user.groups.clone(),
@@ -441,10 +443,10 @@ pub async fn check_escalation(api: &Api, user: &User, res: &crate::catalog::Reso
             resource_request: nonres.is_none(),
             api_group: group.into(),
             resource: resource.into(),
+            subresource: subresource.into(),
             namespace: namespace.into(),
             name: name.into(),
             path: nonres.unwrap_or("").into(),
-            ..Default::default()
         };
         matches!(crate::rbac::authorize(&a, &policy), crate::rbac::Decision::Allow)
     };
@@ -486,22 +488,9 @@ pub async fn check_escalation(api: &Api, user: &User, res: &crate::catalog::Reso
         let names: Vec<String> = if names.is_empty() { vec![String::new()] } else { names };
         for g in strs(&rule["apiGroups"]) {
             for r in strs(&rule["resources"]) {
-                let (resource, sub) = r.split_once('/').map(|(a, b)| (a.to_string(), b.to_string())).unwrap_or((r.clone(), String::new()));
                 for v in &verbs {
                     for n in &names {
-                        let a = crate::rbac::Attributes {
-                            user: user.name.clone(),
-                            groups: user.groups.clone(),
-                            verb: v.clone(),
-                            resource_request: true,
-                            api_group: g.clone(),
-                            resource: resource.clone(),
-                            subresource: sub.clone(),
-                            namespace: ns.clone(),
-                            name: n.clone(),
-                            ..Default::default()
-                        };
-                        if !matches!(crate::rbac::authorize(&a, &policy), crate::rbac::Decision::Allow) {
+                        if !allowed(v, &g, &r, n, &ns, None) {
                             missing.push(format!("{{APIGroups:[\"{g}\"], Resources:[\"{r}\"], Verbs:[\"{v}\"]}}"));
                         }
                     }

@@ -42,7 +42,8 @@ impl Cell {
     }
 }
 
-struct Procs(Vec<Child>);
+/// Child processes killed (and reaped) on drop, whatever way a benchmark ends.
+pub struct Procs(pub Vec<Child>);
 
 impl Drop for Procs {
     fn drop(&mut self) {
