@@ -882,3 +882,35 @@ fn fenced_writes_stop_when_the_lease_changes_hands() {
     let names = c.kubectl_ok(&["get", "cm", "-o", "name"]);
     assert!(names.contains("by-a") && names.contains("by-b2") && !names.contains("by-a-late") && !names.contains("configmap/by-b\n"), "{names}");
 }
+
+#[test]
+fn priority_classes_set_pod_priority_and_jobs_get_a_generated_selector() {
+    let c = up();
+    // The system classes exist from the start.
+    let pcs = c.kubectl_ok(&["get", "priorityclasses", "-o", "name"]);
+    assert!(pcs.contains("priorityclass.scheduling.k8s.io/system-node-critical") && pcs.contains("system-cluster-critical"), "{pcs}");
+    c.kubectl_ok(&["create", "priorityclass", "high", "--value=1000", "--preemption-policy=Never"]);
+    let err = c.kubectl_err(&["create", "priorityclass", "too-high", "--value=2000000000"]);
+    assert!(err.contains("maximum allowed value of a user defined priority is 1000000000"), "{err}");
+    c.kubectl_ok(&["create", "priorityclass", "dflt", "--value=7", "--global-default"]);
+    let err = c.kubectl_err(&["create", "priorityclass", "dflt2", "--value=8", "--global-default"]);
+    assert!(err.contains("PriorityClass dflt is already marked as default. Only one default can exist"), "{err}");
+
+    let pod = |name: &str, extra: &str| format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  containers: [{{name: c, image: busybox}}]\n{extra}");
+    c.kubectl_ok(&["apply", "-f", &c.file("p1.yaml", &pod("p1", "  priorityClassName: high\n"))]);
+    let p1 = json(&c.kubectl_ok(&["get", "pod", "p1", "-o", "json"]));
+    assert_eq!((p1["spec"]["priority"].as_i64(), p1["spec"]["preemptionPolicy"].as_str()), (Some(1000), Some("Never")));
+    c.kubectl_ok(&["apply", "-f", &c.file("p2.yaml", &pod("p2", ""))]);
+    let p2 = json(&c.kubectl_ok(&["get", "pod", "p2", "-o", "json"]));
+    assert_eq!((p2["spec"]["priority"].as_i64(), p2["spec"]["priorityClassName"].as_str()), (Some(7), Some("dflt")));
+    let err = c.kubectl_err(&["apply", "-f", &c.file("p3.yaml", &pod("p3", "  priorityClassName: nope\n"))]);
+    assert!(err.contains("pods \"p3\" is forbidden: no PriorityClass with name nope was found"), "{err}");
+    let err = c.kubectl_err(&["apply", "-f", &c.file("p4.yaml", &pod("p4", "  priorityClassName: high\n  priority: 5\n"))]);
+    assert!(err.contains("the integer value of priority (5) must not be provided in pod spec"), "{err}");
+
+    c.kubectl_ok(&["create", "job", "pi", "--image=busybox", "--", "true"]);
+    let job = json(&c.kubectl_ok(&["get", "job", "pi", "-o", "json"]));
+    let uid = job["metadata"]["uid"].as_str().expect("uid");
+    assert_eq!(job["spec"]["selector"]["matchLabels"]["batch.kubernetes.io/controller-uid"], uid);
+    assert_eq!(job["spec"]["template"]["metadata"]["labels"]["job-name"], "pi");
+}

@@ -47,6 +47,10 @@ impl Api {
 fn objects(api: &Api) -> Vec<Value> {
     let mut out: Vec<Value> = NAMESPACES.iter().map(|n| json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n, "labels": {"kubernetes.io/metadata.name": n}}})).collect();
     out.extend(crate::rbac::bootstrap_policy());
+    for (name, value) in crate::strategy::SYSTEM_PRIORITY_CLASSES {
+        let description = if name == "system-node-critical" { "Used for system critical pods that must not be moved from their current node." } else { "Used for system critical pods that must run in the cluster, but can be moved to another node if necessary." };
+        out.push(json!({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": name}, "value": value, "description": description, "preemptionPolicy": "PreemptLowerPriority"}));
+    }
     let ip = api.cfg.ranges.first().to_string();
     out.push(json!({
         "apiVersion": "v1", "kind": "Service",

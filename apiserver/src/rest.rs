@@ -385,6 +385,11 @@ impl Api {
             }
         }
         strategy::apply_defaults(res, &mut obj);
+        if res.group == "batch" && res.kind == "Job" {
+            if let Some(c) = strategy::generate_job_selector(&mut obj) {
+                return Err(ApiError::invalid(&res.kind, &res.group, &name, vec![c]));
+            }
+        }
         if res.group == "apiextensions.k8s.io" && res.kind == "CustomResourceDefinition" {
             obj["status"] = crate::crd::crd_status(&obj, &now_rfc3339());
         }
@@ -423,6 +428,7 @@ impl Api {
             let mut obj = obj.clone();
             self.admit_service_account(&target, &mut obj).await?;
             self.admit_limit_ranges(&target, &mut obj).await?;
+            self.admit_priority(&target, &mut obj).await?;
             let mut guards = self.admit_quota(&target, &obj).await?;
             guards.extend(fence_guard(&t.res, &obj));
             let extra = self.allocate(&target, &mut obj, dry).await?;

@@ -94,8 +94,6 @@ fn default_pod_spec(spec: &mut Value) {
     default_val(s, "terminationGracePeriodSeconds", json!(30));
     default_val(s, "securityContext", json!({}));
     default_val(s, "enableServiceLinks", json!(true));
-    default_str(s, "preemptionPolicy", "PreemptLowerPriority");
-    default_val(s, "priority", json!(0));
     if s.get("serviceAccountName").map(|v| v.is_null()).unwrap_or(true) {
         let sa = s.get("serviceAccount").and_then(Value::as_str).unwrap_or("default").to_string();
         s.insert("serviceAccountName".into(), json!(sa));
@@ -237,6 +235,11 @@ pub fn apply_defaults(res: &ResourceDef, obj: &mut Value) {
         ("", "PersistentVolumeClaim") => {
             default_str(obj_mut(obj, "spec"), "volumeMode", "Filesystem");
         }
+        ("scheduling.k8s.io", "PriorityClass") => {
+            if let Some(m) = obj.as_object_mut() {
+                default_str(m, "preemptionPolicy", "PreemptLowerPriority");
+            }
+        }
         ("storage.k8s.io", "StorageClass") => {
             if let Some(m) = obj.as_object_mut() {
                 default_str(m, "reclaimPolicy", "Delete");
@@ -245,6 +248,28 @@ pub fn apply_defaults(res: &ResourceDef, obj: &mut Value) {
         }
         _ => {}
     }
+}
+
+/// A new Job's selector and pod labels, as the Job strategy generates them unless
+/// spec.manualSelector is true: the Job's uid selects its pods, which also carry the Job's name.
+/// A selector given without manualSelector is refused (it would be replaced).
+pub fn generate_job_selector(job: &mut Value) -> Option<Cause> {
+    if job["spec"]["manualSelector"].as_bool() == Some(true) {
+        return None;
+    }
+    if job["spec"]["selector"].as_object().is_some_and(|s| !s.is_empty()) {
+        return Some(Cause::invalid("spec.selector", job["spec"]["selector"].to_string(), "`selector` will be auto-generated"));
+    }
+    let uid = job["metadata"]["uid"].as_str().unwrap_or("").to_string();
+    let name = job["metadata"]["name"].as_str().unwrap_or("").to_string();
+    obj_mut(job, "spec").insert("selector".into(), json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}));
+    obj_mut(&mut job["spec"], "template");
+    obj_mut(&mut job["spec"]["template"], "metadata");
+    let labels = obj_mut(&mut job["spec"]["template"]["metadata"], "labels");
+    for (k, v) in [("batch.kubernetes.io/controller-uid", &uid), ("controller-uid", &uid), ("batch.kubernetes.io/job-name", &name), ("job-name", &name)] {
+        labels.insert(k.into(), json!(v));
+    }
+    None
 }
 
 /// Status an object starts with when its kind has a status subresource (spec writers cannot set
@@ -483,6 +508,24 @@ pub fn validate(res: &ResourceDef, obj: &Value) -> Vec<Cause> {
                 }
             }
         }
+        ("scheduling.k8s.io", "PriorityClass") => {
+            let name = obj["metadata"]["name"].as_str().unwrap_or("");
+            let value = obj["value"].as_i64().unwrap_or(0);
+            let system = SYSTEM_PRIORITY_CLASSES.iter().any(|(n, v)| *n == name && *v == value);
+            if !system {
+                if name.starts_with("system-") {
+                    causes.push(Cause::forbidden("metadata.name", "priority class names with 'system-' prefix are reserved"));
+                }
+                if value > HIGHEST_USER_PRIORITY {
+                    causes.push(Cause::forbidden("value", &format!("maximum allowed value of a user defined priority is {HIGHEST_USER_PRIORITY}")));
+                }
+            }
+            if let Some(p) = obj["preemptionPolicy"].as_str() {
+                if p != "Never" && p != "PreemptLowerPriority" {
+                    causes.push(Cause::not_supported("preemptionPolicy", p, &["Never", "PreemptLowerPriority"]));
+                }
+            }
+        }
         ("", "ConfigMap") | ("", "Secret") => {
             for field in ["data", "binaryData", "stringData"] {
                 if let Some(m) = obj[field].as_object() {
@@ -499,6 +542,11 @@ pub fn validate(res: &ResourceDef, obj: &Value) -> Vec<Cause> {
     }
     causes
 }
+
+/// The PriorityClasses every cluster has (name, value), created at bootstrap.
+pub const SYSTEM_PRIORITY_CLASSES: [(&str, i64); 2] = [("system-node-critical", 2_000_001_000), ("system-cluster-critical", 2_000_000_000)];
+/// The highest priority a user-defined PriorityClass may have.
+pub const HIGHEST_USER_PRIORITY: i64 = 1_000_000_000;
 
 /// Fields that may not change once set (besides name, namespace and uid).
 pub fn immutable_fields(res: &ResourceDef, old: &Value, new: &Value) -> Vec<Cause> {
@@ -533,6 +581,10 @@ pub fn immutable_fields(res: &ResourceDef, old: &Value, new: &Value) -> Vec<Caus
             }
         }
         ("batch", "Job") => check(&["spec", "selector"], "spec.selector"),
+        ("scheduling.k8s.io", "PriorityClass") => {
+            check(&["value"], "value");
+            check(&["preemptionPolicy"], "preemptionPolicy");
+        }
         ("", "Pod") => {
             // A pod's spec is fixed once created, except images, deadlines, added tolerations,
             // removed scheduling gates, and the node it is bound to.
@@ -627,6 +679,30 @@ mod tests {
         assert_eq!(qos_class(&json!({"spec":{"containers":[{"name":"a"}]}})), "BestEffort");
         assert_eq!(qos_class(&json!({"spec":{"containers":[{"resources":{"requests":{"cpu":"500m","memory":"256Mi"},"limits":{"cpu":"1","memory":"512Mi"}}}]}})), "Burstable");
         assert_eq!(qos_class(&json!({"spec":{"containers":[{"resources":{"limits":{"cpu":"1","memory":"512Mi"}}}]}})), "Guaranteed");
+    }
+
+    #[test]
+    fn jobs_get_a_selector_on_their_uid_unless_manual() {
+        let mut job = json!({"metadata": {"name": "pi", "uid": "u1"}, "spec": {"template": {"spec": {"containers": []}}}});
+        assert!(generate_job_selector(&mut job).is_none());
+        assert_eq!(job["spec"]["selector"], json!({"matchLabels": {"batch.kubernetes.io/controller-uid": "u1"}}));
+        let labels = &job["spec"]["template"]["metadata"]["labels"];
+        assert_eq!((labels["controller-uid"].as_str(), labels["job-name"].as_str(), labels["batch.kubernetes.io/job-name"].as_str()), (Some("u1"), Some("pi"), Some("pi")));
+        let mut given = json!({"metadata": {"name": "pi", "uid": "u1"}, "spec": {"selector": {"matchLabels": {"a": "b"}}}});
+        assert_eq!(generate_job_selector(&mut given).map(|c| c.field), Some("spec.selector".to_string()));
+        let mut manual = json!({"metadata": {"name": "pi", "uid": "u1"}, "spec": {"manualSelector": true, "selector": {"matchLabels": {"a": "b"}}}});
+        assert!(generate_job_selector(&mut manual).is_none());
+        assert_eq!(manual["spec"]["selector"], json!({"matchLabels": {"a": "b"}}));
+    }
+
+    #[test]
+    fn priority_classes_are_bounded_and_system_names_reserved() {
+        let res = crate::catalog::Catalog::new().get().lookup("scheduling.k8s.io", "v1", "priorityclasses").expect("priorityclasses");
+        let pc = |name: &str, value: i64| json!({"metadata": {"name": name}, "value": value});
+        assert!(validate(&res, &pc("high", 1_000_000_000)).is_empty());
+        assert_eq!(validate(&res, &pc("huge", 1_000_000_001)).len(), 1);
+        assert!(validate(&res, &pc("system-node-critical", 2_000_001_000)).is_empty());
+        assert_eq!(validate(&res, &pc("system-mine", 5)).len(), 1);
     }
 
     #[test]
