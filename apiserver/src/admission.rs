@@ -319,6 +319,28 @@ impl Api {
         Ok(())
     }
 
+    /// DefaultStorageClass admission: a new claim that names no class (the field absent, not
+    /// "") gets the default StorageClass, the newest if several are marked default.
+    pub async fn admit_default_storage_class(&self, t: &Target, obj: &mut Value) -> ApiResult<()> {
+        if !(t.res.group.is_empty() && t.res.kind == "PersistentVolumeClaim") || !obj["spec"]["storageClassName"].is_null() {
+            return Ok(());
+        }
+        let cat = self.catalog.get();
+        let Some(scs) = cat.lookup("storage.k8s.io", "v1", "storageclasses") else { return Ok(()) };
+        let (start, end) = collection_range(&scs, None);
+        let all = self.store.list(&start, &end, Freshness::Any, 0, &|_| true).await?;
+        let default = all
+            .items
+            .into_iter()
+            .map(|(sc, _)| sc)
+            .filter(|sc| sc["metadata"]["annotations"]["storageclass.kubernetes.io/is-default-class"].as_str() == Some("true"))
+            .max_by(|a, b| a["metadata"]["creationTimestamp"].as_str().cmp(&b["metadata"]["creationTimestamp"].as_str()).then_with(|| b["metadata"]["name"].as_str().cmp(&a["metadata"]["name"].as_str())));
+        if let Some(sc) = default {
+            obj["spec"]["storageClassName"] = sc["metadata"]["name"].clone();
+        }
+        Ok(())
+    }
+
     fn forbidden_pod(&self, t: &Target, name: &str, why: String) -> ApiError {
         ApiError::Forbidden { message: format!("{} \"{name}\" is forbidden: {why}", t.res.gr()), gr: t.res.gr(), name: name.to_string() }
     }

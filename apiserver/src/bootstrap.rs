@@ -51,6 +51,13 @@ fn objects(api: &Api) -> Vec<Value> {
         let description = if name == "system-node-critical" { "Used for system critical pods that must not be moved from their current node." } else { "Used for system critical pods that must run in the cluster, but can be moved to another node if necessary." };
         out.push(json!({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": name}, "value": value, "description": description, "preemptionPolicy": "PreemptLowerPriority"}));
     }
+    // The default StorageClass: local volumes made by the controller manager's provisioner on
+    // the node the scheduler picks for the first pod using the claim.
+    out.push(json!({
+        "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+        "metadata": {"name": "local-path", "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+        "provisioner": "kuberaft.io/local-path", "reclaimPolicy": "Delete", "volumeBindingMode": "WaitForFirstConsumer",
+    }));
     let ip = api.cfg.ranges.first().to_string();
     out.push(json!({
         "apiVersion": "v1", "kind": "Service",

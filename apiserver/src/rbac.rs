@@ -685,6 +685,14 @@ fn scheduler_rules() -> Vec<Value> {
             &[""],
             &["persistentvolumeclaims", "persistentvolumes"],
         ),
+        // Upstream's system:volume-scheduler, bound to the scheduler: it annotates claims with
+        // the node it picked (delayed binding) and may bind them.
+        rule(
+            &["update", "patch"],
+            &[""],
+            &["persistentvolumeclaims", "persistentvolumes"],
+        ),
+        rule(READ, &["storage.k8s.io"], &["storageclasses"]),
         rule(&["create"], &["authentication.k8s.io"], &["tokenreviews"]),
         rule(
             &["create"],

@@ -11,6 +11,7 @@ pub mod namespace;
 pub mod replicaset;
 pub mod serviceaccount;
 pub mod util;
+pub mod volume;
 
 use std::sync::Arc;
 
@@ -67,6 +68,7 @@ pub async fn run_controllers(client: Client, root_ca: Arc<Option<String>>, mut s
     set.spawn(named("serviceaccount", serviceaccount::run(client.clone(), root_ca)));
     set.spawn(named("garbagecollector", gc::run(client.clone())));
     set.spawn(named("endpoints", endpoints::run(client.clone())));
+    set.spawn(named("persistentvolume", volume::run(client.clone())));
     let result = tokio::select! {
         r = stop.wait_for(|lost| *lost) => {
             // An Err means the sender is gone, which also ends our term.
