@@ -4,6 +4,7 @@
 //! election hands out, so a deposed leader's late writes are refused by the API server.
 
 pub mod deployment;
+pub mod disruption;
 pub mod endpoints;
 pub mod events;
 pub mod gc;
@@ -69,6 +70,7 @@ pub async fn run_controllers(client: Client, root_ca: Arc<Option<String>>, mut s
     set.spawn(named("garbagecollector", gc::run(client.clone())));
     set.spawn(named("endpoints", endpoints::run(client.clone())));
     set.spawn(named("persistentvolume", volume::run(client.clone())));
+    set.spawn(named("disruption", disruption::run(client.clone())));
     let result = tokio::select! {
         r = stop.wait_for(|lost| *lost) => {
             // An Err means the sender is gone, which also ends our term.
