@@ -561,6 +561,21 @@ fn limit_ranges_default_container_resources_and_quotas_refuse_what_exceeds_them(
     }
     let err = c.kubectl_err(&["create", "secret", "generic", "q3"]);
     assert!(err.contains("exceeded quota: small, requested: count/secrets=1, used: count/secrets=3, limited: count/secrets=3"), "{err}");
+    // Deletes give the quota back, and the quota controller shows it in status.used.
+    c.kubectl_ok(&["delete", "pod", "p1", "--grace-period=0", "--force"]);
+    c.kubectl_ok(&["delete", "secret", "q0"]);
+    let t = std::time::Instant::now();
+    loop {
+        let used = json(&c.kubectl_ok(&["get", "quota", "small", "-o", "json"]))["status"]["used"].clone();
+        if used["pods"] == "1" && used["requests.cpu"] == "100m" && used["count/secrets"] == "2" {
+            break;
+        }
+        assert!(t.elapsed() < std::time::Duration::from_secs(20), "status.used not recounted: {used}");
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    c.kubectl_ok(&["create", "secret", "generic", "q4"]);
+    let described = c.kubectl_ok(&["describe", "quota", "small"]);
+    assert!(described.lines().any(|l| l.split_whitespace().eq(["count/secrets", "3", "3"])), "{described}");
 }
 
 #[test]

@@ -10,6 +10,7 @@ pub mod events;
 pub mod gc;
 pub mod namespace;
 pub mod replicaset;
+pub mod resourcequota;
 pub mod serviceaccount;
 pub mod util;
 pub mod volume;
@@ -71,6 +72,7 @@ pub async fn run_controllers(client: Client, root_ca: Arc<Option<String>>, mut s
     set.spawn(named("endpoints", endpoints::run(client.clone())));
     set.spawn(named("persistentvolume", volume::run(client.clone())));
     set.spawn(named("disruption", disruption::run(client.clone())));
+    set.spawn(named("resourcequota", resourcequota::run(client.clone())));
     let result = tokio::select! {
         r = stop.wait_for(|lost| *lost) => {
             // An Err means the sender is gone, which also ends our term.
