@@ -195,7 +195,7 @@ impl Api {
     /// DefaultStorageClass admission: a new claim that names no class (the field absent, not
     /// "") gets the default StorageClass, the newest if several are marked default.
     pub async fn admit_default_storage_class(&self, t: &Target, obj: &mut Value) -> ApiResult<()> {
-        if !(t.res.group.is_empty() && t.res.kind == "PersistentVolumeClaim") || !obj["spec"]["storageClassName"].is_null() {
+        if !(t.res.group.is_empty() && t.res.kind == "PersistentVolumeClaim" && obj["spec"]["storageClassName"].is_null()) {
             return Ok(());
         }
         let cat = self.catalog.get();
