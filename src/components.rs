@@ -16,23 +16,25 @@ fn cert_pair(pki: &Path, name: &str) -> (PathBuf, PathBuf) {
     }
 }
 
-/// Leader election timings of the scheduler and controller manager (client-go's defaults).
+/// Leader election timings of the scheduler and controller manager. Shorter than client-go's
+/// 15/10/2 s so that a live replica takes over within 3 s of the leader dying (at most a lease
+/// duration plus a retry period after its last renewal); raise them on slow or overloaded machines.
 #[derive(clap::Args, Clone, Debug)]
 pub struct ElectionArgs {
     /// How long a leader's Lease stays valid after its last renewal, in seconds.
-    #[arg(long, default_value_t = 15.0)]
+    #[arg(long, default_value_t = 2.5)]
     pub leader_elect_lease_duration: f64,
     /// How long a leader keeps trying to renew before it steps down, in seconds.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 2.0)]
     pub leader_elect_renew_deadline: f64,
     /// Between attempts to acquire or renew, in seconds.
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = 0.5)]
     pub leader_elect_retry_period: f64,
 }
 
 impl Default for ElectionArgs {
     fn default() -> Self {
-        ElectionArgs { leader_elect_lease_duration: 15.0, leader_elect_renew_deadline: 10.0, leader_elect_retry_period: 2.0 }
+        ElectionArgs { leader_elect_lease_duration: 2.5, leader_elect_renew_deadline: 2.0, leader_elect_retry_period: 0.5 }
     }
 }
 
