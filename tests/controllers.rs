@@ -229,3 +229,31 @@ fn endpoints_follow_pod_readiness() {
         !c.kubectl(&["get", "endpoints", "ep"]).status.success() && slices("{.items[*].metadata.name}").is_empty()
     });
 }
+
+#[test]
+fn the_garbage_collector_follows_crds_created_after_it_started() {
+    let c = Cluster::up(3, common::NO_CONTROLLERS);
+    c.wait_api();
+    start_controller_manager(&c);
+    wait_for("a controller-manager leader", Duration::from_secs(30), || !get(&c, &["get", "lease", "-n", "kube-system", "kuberaft-controller-manager", "-o", "jsonpath={.spec.holderIdentity}"]).is_empty());
+    std::thread::sleep(Duration::from_secs(2));
+    let crd = "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {name: widgets.example.com}\nspec:\n  group: example.com\n  scope: Namespaced\n  names: {plural: widgets, singular: widget, kind: Widget}\n  versions:\n  - name: v1\n    served: true\n    storage: true\n    schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}\n";
+    c.kubectl_ok(&["apply", "-f", &c.file("crd.yaml", crd)]);
+    c.kubectl_ok(&["wait", "--for=condition=Established", "crd/widgets.example.com", "--timeout=30s"]);
+    // A Widget owning a ConfigMap, and a Widget owned by a ConfigMap.
+    c.kubectl_ok(&["apply", "-f", &c.file("w.yaml", "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: owner}\n")]);
+    let owner_uid = get(&c, &["get", "widget", "owner", "-o", "jsonpath={.metadata.uid}"]);
+    c.kubectl_ok(&["create", "configmap", "holder"]);
+    let holder_uid = get(&c, &["get", "configmap", "holder", "-o", "jsonpath={.metadata.uid}"]);
+    let dependent_cm = format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: owned\n  ownerReferences: [{{apiVersion: example.com/v1, kind: Widget, name: owner, uid: \"{owner_uid}\"}}]\n");
+    c.kubectl_ok(&["apply", "-f", &c.file("owned.yaml", &dependent_cm)]);
+    let dependent_w = format!("apiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: child\n  ownerReferences: [{{apiVersion: v1, kind: ConfigMap, name: holder, uid: \"{holder_uid}\"}}]\n");
+    c.kubectl_ok(&["apply", "-f", &c.file("child.yaml", &dependent_w)]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(get(&c, &["get", "widget", "child", "-o", "name"]), "widget.example.com/child", "a dependent with a live owner stays");
+
+    c.kubectl_ok(&["delete", "widget", "owner"]);
+    wait_for("the Widget's ConfigMap to be collected", Duration::from_secs(30), || !c.kubectl(&["get", "configmap", "owned"]).status.success());
+    c.kubectl_ok(&["delete", "configmap", "holder"]);
+    wait_for("the ConfigMap's Widget to be collected", Duration::from_secs(30), || !c.kubectl(&["get", "widget", "child"]).status.success());
+}

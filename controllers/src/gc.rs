@@ -44,54 +44,102 @@ struct Graph {
 
 struct Gc {
     client: Client,
-    resources: Vec<(ApiResource, Scope)>,
+    /// Append-only: a node's `res` indexes it. CRDs created later are added by `rediscover`.
+    resources: std::sync::RwLock<Vec<(ApiResource, Scope)>>,
     graph: Mutex<Graph>,
     queue: mpsc::UnboundedSender<String>,
 }
 
-pub async fn run(client: Client) -> anyhow::Result<()> {
+/// The resources the collector follows: everything listable, watchable and deletable, but
+/// Events (they neither own nor are owned in practice, and are the busiest resource).
+async fn discover(client: &Client) -> anyhow::Result<Vec<(ApiResource, Scope)>> {
     let discovery = Discovery::new(client.clone()).run().await.context("API discovery")?;
     let mut resources = Vec::new();
     for group in discovery.groups() {
         for (ar, caps) in group.recommended_resources() {
-            // Events neither own nor are owned in practice and are the busiest resource.
             if ar.plural == "events" || !(caps.supports_operation(verbs::LIST) && caps.supports_operation(verbs::WATCH) && caps.supports_operation(verbs::DELETE)) {
                 continue;
             }
             resources.push((ar, caps.scope.clone()));
         }
     }
+    Ok(resources)
+}
+
+pub async fn run(client: Client) -> anyhow::Result<()> {
+    let resources = discover(&client).await?;
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let gc = Arc::new(Gc { client, resources, graph: Mutex::new(Graph::default()), queue: tx });
-    let (synced_tx, mut synced_rx) = mpsc::channel::<()>(gc.resources.len().max(1));
+    let count = resources.len();
+    let gc = Arc::new(Gc { client, resources: std::sync::RwLock::new(resources), graph: Mutex::new(Graph::default()), queue: tx });
+    let (synced_tx, mut synced_rx) = mpsc::channel::<()>(count.max(1));
     let mut watchers = tokio::task::JoinSet::new();
-    for i in 0..gc.resources.len() {
+    for i in 0..count {
         watchers.spawn(watch_resource(gc.clone(), i, synced_tx.clone()));
     }
     // Start once every initial list is in, to spare live lookups of owners not yet seen.
     let _ = tokio::time::timeout(Duration::from_secs(15), async {
-        for _ in 0..gc.resources.len() {
+        for _ in 0..count {
             synced_rx.recv().await;
         }
     })
     .await;
-    tracing::info!(resources = gc.resources.len(), "garbage collector started");
-    while let Some(uid) = rx.recv().await {
-        gc.lock().pending.remove(&uid);
-        if let Err(e) = gc.process(&uid).await {
-            tracing::debug!(uid, error = %format!("{e:#}"), "garbage collection failed; retrying");
-            let gc = gc.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                gc.enqueue(uid);
-            });
+    tracing::info!(resources = count, "garbage collector started");
+    let (new_tx, mut new_rx) = mpsc::unbounded_channel::<usize>();
+    watchers.spawn(rediscover(gc.clone(), new_tx));
+    loop {
+        tokio::select! {
+            Some(res) = new_rx.recv() => {
+                watchers.spawn(watch_resource(gc.clone(), res, synced_tx.clone()));
+            }
+            uid = rx.recv() => {
+                let Some(uid) = uid else { break };
+                gc.lock().pending.remove(&uid);
+                if let Err(e) = gc.process(&uid).await {
+                    tracing::debug!(uid, error = %format!("{e:#}"), "garbage collection failed; retrying");
+                    let gc = gc.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        gc.enqueue(uid);
+                    });
+                }
+            }
         }
     }
     Ok(())
 }
 
+/// Follows CustomResourceDefinitions: when one changes (created, established, new version),
+/// discovery runs again and resources not followed yet get a watcher (their index is sent to
+/// the main loop, which owns the watcher tasks).
+async fn rediscover(gc: Arc<Gc>, new: mpsc::UnboundedSender<usize>) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let api: Api<CustomResourceDefinition> = Api::all(gc.client.clone());
+    let mut stream = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
+    while let Some(ev) = stream.next().await {
+        if !matches!(ev, Ok(Event::Apply(_)) | Ok(Event::InitDone)) {
+            continue;
+        }
+        let found = match discover(&gc.client).await {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::debug!(error = %format!("{e:#}"), "rediscovery failed");
+                continue;
+            }
+        };
+        let mut resources = gc.resources.write().unwrap_or_else(|p| p.into_inner());
+        for (ar, scope) in found {
+            if resources.iter().any(|(r, _)| r.group == ar.group && r.version == ar.version && r.plural == ar.plural) {
+                continue;
+            }
+            tracing::info!(resource = %ar.plural, group = %ar.group, "garbage collector follows a new resource");
+            resources.push((ar, scope));
+            let _ = new.send(resources.len() - 1);
+        }
+    }
+}
+
 async fn watch_resource(gc: Arc<Gc>, res: usize, synced: mpsc::Sender<()>) {
-    let ar = gc.resources[res].0.clone();
+    let ar = gc.resource(res).0;
     let api: Api<DynamicObject> = Api::all_with(gc.client.clone(), &ar);
     let mut stream = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
     let mut seen: Option<HashSet<String>> = None;
@@ -114,7 +162,7 @@ async fn watch_resource(gc: Arc<Gc>, res: usize, synced: mpsc::Sender<()>) {
                 }
                 if !signalled {
                     signalled = true;
-                    let _ = synced.send(()).await;
+                    let _ = synced.try_send(());
                 }
             }
             Ok(Event::Apply(o)) => gc.apply(res, &o),
@@ -131,6 +179,10 @@ async fn watch_resource(gc: Arc<Gc>, res: usize, synced: mpsc::Sender<()>) {
 impl Gc {
     fn lock(&self) -> std::sync::MutexGuard<'_, Graph> {
         self.graph.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn resource(&self, res: usize) -> (ApiResource, Scope) {
+        self.resources.read().unwrap_or_else(|p| p.into_inner())[res].clone()
     }
 
     fn enqueue(&self, uid: String) {
@@ -189,17 +241,18 @@ impl Gc {
     }
 
     fn api(&self, res: usize, namespace: Option<&str>) -> Api<DynamicObject> {
-        let (ar, scope) = &self.resources[res];
+        let (ar, scope) = self.resource(res);
         match (scope, namespace) {
-            (Scope::Namespaced, Some(ns)) => Api::namespaced_with(self.client.clone(), ns, ar),
-            _ => Api::all_with(self.client.clone(), ar),
+            (Scope::Namespaced, Some(ns)) => Api::namespaced_with(self.client.clone(), ns, &ar),
+            _ => Api::all_with(self.client.clone(), &ar),
         }
     }
 
     /// The resource an ownerReference names: by apiVersion and kind, else by group and kind.
     fn resolve(&self, r: &OwnerReference) -> Option<usize> {
         let group = r.api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or("");
-        self.resources.iter().position(|(ar, _)| ar.api_version == r.api_version && ar.kind == r.kind).or_else(|| self.resources.iter().position(|(ar, _)| ar.group == group && ar.kind == r.kind))
+        let resources = self.resources.read().unwrap_or_else(|p| p.into_inner());
+        resources.iter().position(|(ar, _)| ar.api_version == r.api_version && ar.kind == r.kind).or_else(|| resources.iter().position(|(ar, _)| ar.group == group && ar.kind == r.kind))
     }
 
     async fn process(&self, uid: &str) -> anyhow::Result<()> {
@@ -230,7 +283,7 @@ impl Gc {
         }
         // Foreground: this object's own dependents must go before it, too.
         let policy = if waiting && self.lock().dependents.get(uid).map(|d| !d.is_empty()).unwrap_or(false) { PropagationPolicy::Foreground } else { PropagationPolicy::Background };
-        tracing::info!(kind = %self.resources[node.res].0.kind, namespace = ?node.namespace, name = %node.name, "deleting dependent: owners gone");
+        tracing::info!(kind = %self.resource(node.res).0.kind, namespace = ?node.namespace, name = %node.name, "deleting dependent: owners gone");
         self.delete(uid, &node, policy).await
     }
 
@@ -242,7 +295,7 @@ impl Gc {
             // A kind we cannot look up: never delete on a guess.
             return Ok(OwnerState::Solid);
         };
-        let ns = if self.resources[res].1 == Scope::Namespaced { dependent.namespace.as_deref() } else { None };
+        let ns = if self.resource(res).1 == Scope::Namespaced { dependent.namespace.as_deref() } else { None };
         let live = self.api(res, ns).get_opt(&r.name).await.with_context(|| format!("get owner {} {}", r.kind, r.name))?;
         Ok(match live {
             Some(o) if o.metadata.uid.as_deref() == Some(&r.uid) => {
@@ -262,7 +315,7 @@ impl Gc {
             Ok(_) => Ok(()),
             // Gone already, or a different object by that name now.
             Err(e) if crate::util::is_not_found(&e) || crate::util::is_status(&e, 409) => Ok(()),
-            Err(e) => Err(e).with_context(|| format!("delete {} {}", self.resources[node.res].0.kind, node.name)),
+            Err(e) => Err(e).with_context(|| format!("delete {} {}", self.resource(node.res).0.kind, node.name)),
         }
     }
 
@@ -331,7 +384,7 @@ impl Gc {
         let fins = if fins.is_empty() { serde_json::Value::Null } else { json!(fins) };
         let patch = json!({"metadata": {"finalizers": fins, "resourceVersion": cur.metadata.resource_version}});
         api.patch(&node.name, &PatchParams::default(), &Patch::Merge(patch)).await.with_context(|| format!("remove finalizer {finalizer} from {}", node.name))?;
-        tracing::info!(kind = %self.resources[node.res].0.kind, name = %node.name, finalizer, "finalizer done");
+        tracing::info!(kind = %self.resource(node.res).0.kind, name = %node.name, finalizer, "finalizer done");
         Ok(())
     }
 }
