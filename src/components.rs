@@ -48,8 +48,84 @@ impl ElectionArgs {
     }
 }
 
+/// Node controller settings, with kube-controller-manager's flag names and defaults.
+#[derive(clap::Args, Clone, Debug)]
+pub struct NodeControllerArgs {
+    /// How often the node lifecycle controller checks node health, in seconds.
+    #[arg(long, default_value_t = 5.0)]
+    pub node_monitor_period: f64,
+    /// How long a node may go without a heartbeat (Lease or status) before it is marked Unknown, in seconds.
+    #[arg(long, default_value_t = 40.0)]
+    pub node_monitor_grace_period: f64,
+    /// The same for a node that never posted its status, in seconds.
+    #[arg(long, default_value_t = 60.0)]
+    pub node_startup_grace_period: f64,
+    /// Nodes per second whose pods are evicted (tainted NoExecute) in a healthy zone.
+    #[arg(long, default_value_t = 0.1)]
+    pub node_eviction_rate: f64,
+    /// The same in an unhealthy zone of a large cluster.
+    #[arg(long, default_value_t = 0.01)]
+    pub secondary_node_eviction_rate: f64,
+    /// Zones with more nodes than this are large (evictions continue at the secondary rate when unhealthy).
+    #[arg(long, default_value_t = 50)]
+    pub large_cluster_size_threshold: usize,
+    /// Share of not-ready nodes (at least 3) that makes a zone unhealthy.
+    #[arg(long, default_value_t = 0.55)]
+    pub unhealthy_zone_threshold: f64,
+    /// Assign each Node a pod CIDR from --cluster-cidr.
+    #[arg(long)]
+    pub allocate_node_cidrs: bool,
+    /// The pod network the node CIDRs are cut from (IPv4).
+    #[arg(long, default_value = "10.244.0.0/16")]
+    pub cluster_cidr: String,
+    /// Prefix length of each node's pod CIDR.
+    #[arg(long, default_value_t = 24)]
+    pub node_cidr_mask_size: u8,
+    /// Terminated pods kept before the oldest are deleted (0: no limit).
+    #[arg(long, default_value_t = 12500)]
+    pub terminated_pod_gc_threshold: i64,
+    /// How long a pod's node must have been missing before pod GC deletes the pod, in seconds (kuberaft's own; upstream's is fixed at 40).
+    #[arg(long, default_value_t = 40.0)]
+    pub pod_gc_orphan_quarantine: f64,
+}
+
+impl Default for NodeControllerArgs {
+    fn default() -> Self {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct P {
+            #[command(flatten)]
+            a: NodeControllerArgs,
+        }
+        P::parse_from(["x"]).a
+    }
+}
+
+impl NodeControllerArgs {
+    fn settings(&self) -> controllers::NodeSettings {
+        let d = |s: f64| Duration::from_secs_f64(s.clamp(0.1, 86400.0));
+        controllers::NodeSettings {
+            monitor_period: d(self.node_monitor_period),
+            grace_period: d(self.node_monitor_grace_period),
+            startup_grace_period: d(self.node_startup_grace_period),
+            eviction_rate: self.node_eviction_rate.max(0.0),
+            secondary_eviction_rate: self.secondary_node_eviction_rate.max(0.0),
+            large_cluster_size_threshold: self.large_cluster_size_threshold,
+            unhealthy_zone_threshold: self.unhealthy_zone_threshold,
+            allocate_node_cidrs: self.allocate_node_cidrs,
+            cluster_cidr: self.cluster_cidr.clone(),
+            node_cidr_mask_size: self.node_cidr_mask_size,
+            terminated_pod_gc_threshold: self.terminated_pod_gc_threshold,
+            pod_gc_orphan_quarantine: d(self.pod_gc_orphan_quarantine),
+            // Upstream's 20 s, or the quarantine if shorter, so a short one is honoured.
+            pod_gc_period: d(self.pod_gc_orphan_quarantine.min(20.0)),
+        }
+    }
+}
+
 /// Starts the scheduler and controller manager as tasks; each restarts after an error.
-pub fn spawn(identity: &str, api: &apiserver::ApiConfig, election: &ElectionArgs) {
+pub fn spawn(identity: &str, api: &apiserver::ApiConfig, election: &ElectionArgs, nodes: &NodeControllerArgs) {
+    let nodes = nodes.settings();
     let pki = api.cacert.parent().map(Path::to_path_buf).unwrap_or_default();
     let host = if api.listen.ip().is_unspecified() { "127.0.0.1".to_string() } else { api.listen.ip().to_string() };
     let server = format!("https://{host}:{}", api.listen.port());
@@ -85,6 +161,7 @@ pub fn spawn(identity: &str, api: &apiserver::ApiConfig, election: &ElectionArgs
                         let mut o = controllers::ControllerManagerOptions::new(&identity);
                         o.root_ca_pem = root_ca;
                         o.election = Some(election.clone());
+                        o.nodes = nodes.clone();
                         controllers::run_controller_manager(sched::client::with_user_agent(cfg, "kuberaft-controller-manager"), o).await
                     }
                     Err(e) => Err(e),
