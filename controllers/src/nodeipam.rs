@@ -73,7 +73,7 @@ impl Subnets {
         }
         let step = if self.mask == 32 { 1 } else { 1u64 << (32 - self.mask) };
         let off = a - self.base as u64;
-        (off % step == 0 && off / step < self.count).then_some(off / step)
+        (off.is_multiple_of(step) && off / step < self.count).then_some(off / step)
     }
 
     /// The first free subnet at or after `next` (wrapping), as upstream's CidrSet hands them out.
