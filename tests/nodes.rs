@@ -14,9 +14,9 @@ use common::{Cluster, KillOnDrop};
 /// Short grace periods so a dead node is noticed in seconds.
 const FLAGS: &[&str] = &[
     "--node-monitor-grace-period",
-    "4",
+    "4s",
     "--node-monitor-period",
-    "0.5",
+    "500ms",
     "--node-eviction-rate",
     "10",
     "--allocate-node-cidrs",

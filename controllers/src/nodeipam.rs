@@ -108,7 +108,15 @@ fn pod_cidrs(node: &Node) -> Vec<String> {
 }
 
 pub async fn run(client: Client, settings: Arc<NodeSettings>) -> anyhow::Result<()> {
-    let subnets = Subnets::new(&settings.cluster_cidr, settings.node_cidr_mask_size)?;
+    let subnets = match Subnets::new(&settings.cluster_cidr, settings.node_cidr_mask_size) {
+        Ok(s) => s,
+        Err(e) => {
+            // A bad setting must not take the other controllers down with it (the manager
+            // restarts them all when one fails): say so and allocate nothing.
+            tracing::error!(error = %format!("{e:#}"), "node CIDR allocation disabled");
+            return futures::future::pending().await;
+        }
+    };
     tracing::info!(cluster_cidr = %settings.cluster_cidr, mask = settings.node_cidr_mask_size, subnets = subnets.len(), "node CIDR allocator starting");
     let ctl = Controller::new(Api::<Node>::all(client.clone()), watcher::Config::default());
     let nodes = ctl.store();
