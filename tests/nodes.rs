@@ -293,3 +293,32 @@ fn whole_cluster_down_evicts_nothing() {
     assert!(has_taint(&t, "node.kubernetes.io/unreachable", "NoSchedule"), "{t:?}");
     assert!(!terminating(&c, "p").unwrap());
 }
+
+#[test]
+fn pod_cidrs_run_out_and_are_released_with_their_node() {
+    // Room for two /24s only.
+    let c = Cluster::up(3, &["--allocate-node-cidrs", "--cluster-cidr", "10.99.0.0/23", "--node-cidr-mask-size", "24"]);
+    c.wait_api();
+    let cidr = |n: &str| c.kubectl_ok(&["get", "node", n, "-o", "jsonpath={.spec.podCIDR}"]);
+    for n in ["a", "b"] {
+        c.kubectl_ok(&["apply", "-f", &c.file(&format!("{n}.yaml"), &format!("apiVersion: v1\nkind: Node\nmetadata: {{name: {n}}}\n"))]);
+        eventually(&format!("{n} has a pod CIDR"), Duration::from_secs(10), || if cidr(n).is_empty() { Err("none".into()) } else { Ok(()) });
+    }
+    let mut got = vec![cidr("a"), cidr("b")];
+    got.sort();
+    assert_eq!(got, ["10.99.0.0/24", "10.99.1.0/24"]);
+    c.kubectl_ok(&["apply", "-f", &c.file("c.yaml", "apiVersion: v1\nkind: Node\nmetadata: {name: c}\n")]);
+    eventually("CIDRNotAvailable", Duration::from_secs(10), || {
+        let ev = events_of(&c, "Node", "c");
+        if ev.contains("CIDRNotAvailable: Node c status is now: CIDRNotAvailable") { Ok(()) } else { Err(ev) }
+    });
+    assert_eq!(cidr("c"), "");
+    // a's subnet goes to c once a is gone.
+    let freed = cidr("a");
+    c.kubectl_ok(&["delete", "node", "a"]);
+    eventually("c gets a's CIDR", Duration::from_secs(15), || {
+        let got = cidr("c");
+        if got == freed { Ok(()) } else { Err(got) }
+    });
+    assert_ne!(cidr("b"), freed);
+}

@@ -94,6 +94,8 @@ struct Alloc {
     /// Assignments written but maybe not in the cache yet: node name → subnet.
     pending: HashMap<String, u64>,
     next: u64,
+    /// Nodes already told CIDRNotAvailable (once, not at every retry).
+    told: HashSet<String>,
 }
 
 fn pod_cidrs(node: &Node) -> Vec<String> {
@@ -142,11 +144,13 @@ async fn sync(node: &Node, ctx: &Ctx) -> anyhow::Result<Action> {
         let in_cache: HashMap<String, bool> = all.iter().map(|n| (n.name_any(), !pod_cidrs(n).is_empty())).collect();
         // Keep pending assignments the cache does not show yet (node there, still no CIDR).
         st.pending.retain(|n, _| in_cache.get(n) == Some(&false));
+        st.told.retain(|n| in_cache.contains_key(n));
         let mut used: HashSet<u64> = all.iter().flat_map(|n| pod_cidrs(n)).filter_map(|c| ctx.subnets.index_of(&c)).collect();
         used.extend(st.pending.values().copied());
         match ctx.subnets.pick(&used, st.next) {
             Some(i) => {
                 st.pending.insert(name.clone(), i);
+                st.told.remove(&name);
                 st.next = (i + 1) % ctx.subnets.len();
                 Some(i)
             }
@@ -154,9 +158,12 @@ async fn sync(node: &Node, ctx: &Ctx) -> anyhow::Result<Action> {
         }
     };
     let Some(i) = picked else {
-        tracing::warn!(node = %name, "no pod CIDR left for node");
-        crate::events::normal(&ctx.client, COMPONENT, node, "CIDRNotAvailable", format!("Node {name} status is now: CIDRNotAvailable")).await;
-        return Ok(Action::requeue(Duration::from_secs(30)));
+        let first = ctx.state.lock().unwrap_or_else(|e| e.into_inner()).told.insert(name.clone());
+        if first {
+            tracing::warn!(node = %name, "no pod CIDR left for node");
+            crate::events::normal(&ctx.client, COMPONENT, node, "CIDRNotAvailable", format!("Node {name} status is now: CIDRNotAvailable")).await;
+        }
+        return Ok(Action::requeue(Duration::from_secs(5)));
     };
     let cidr = ctx.subnets.cidr(i);
     let patch = json!({"metadata": {"resourceVersion": node.metadata.resource_version}, "spec": {"podCIDR": cidr, "podCIDRs": [cidr]}});
