@@ -50,8 +50,119 @@ impl ElectionArgs {
     }
 }
 
+/// Node controller settings, with kube-controller-manager's flag names and defaults.
+#[derive(clap::Args, Clone, Debug)]
+pub struct NodeControllerArgs {
+    /// How often the node lifecycle controller checks node health (a duration: 5s, 500ms, 1m; or seconds).
+    #[arg(long, default_value = "5s", value_parser = duration_seconds)]
+    pub node_monitor_period: f64,
+    /// How long a node may go without a heartbeat (Lease or status) before it is marked Unknown (a duration).
+    #[arg(long, default_value = "40s", value_parser = duration_seconds)]
+    pub node_monitor_grace_period: f64,
+    /// The same for a node that never posted its status (a duration).
+    #[arg(long, default_value = "60s", value_parser = duration_seconds)]
+    pub node_startup_grace_period: f64,
+    /// Nodes per second whose pods are evicted (tainted NoExecute) in a healthy zone.
+    #[arg(long, default_value_t = 0.1)]
+    pub node_eviction_rate: f64,
+    /// The same in an unhealthy zone of a large cluster.
+    #[arg(long, default_value_t = 0.01)]
+    pub secondary_node_eviction_rate: f64,
+    /// Zones with more nodes than this are large (evictions continue at the secondary rate when unhealthy).
+    #[arg(long, default_value_t = 50)]
+    pub large_cluster_size_threshold: usize,
+    /// Share of not-ready nodes (at least 3) that makes a zone unhealthy.
+    #[arg(long, default_value_t = 0.55)]
+    pub unhealthy_zone_threshold: f64,
+    /// Assign each Node a pod CIDR from --cluster-cidr.
+    #[arg(long)]
+    pub allocate_node_cidrs: bool,
+    /// The pod network the node CIDRs are cut from (IPv4).
+    #[arg(long, default_value = "10.244.0.0/16", value_parser = ipv4_cidr)]
+    pub cluster_cidr: String,
+    /// Prefix length of each node's pod CIDR.
+    #[arg(long, default_value_t = 24)]
+    pub node_cidr_mask_size: u8,
+    /// Terminated pods kept before the oldest are deleted (0: no limit).
+    #[arg(long, default_value_t = 12500)]
+    pub terminated_pod_gc_threshold: i64,
+    /// How long a pod's node must have been missing before pod GC deletes the pod (a duration; kuberaft's own flag, upstream's is fixed at 40s).
+    #[arg(long, default_value = "40s", value_parser = duration_seconds)]
+    pub pod_gc_orphan_quarantine: f64,
+}
+
+/// A duration as kube-controller-manager takes it ("40s", "500ms", "5m", "1h", "1m30s") or
+/// plain seconds ("40", "0.5"), in seconds.
+fn duration_seconds(v: &str) -> Result<f64, String> {
+    let v = v.trim();
+    if let Ok(s) = v.parse::<f64>() {
+        return if s.is_finite() && s >= 0.0 { Ok(s) } else { Err(format!("{v:?} is not a duration")) };
+    }
+    let mut total = 0.0;
+    let mut rest = v;
+    while !rest.is_empty() {
+        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(|| format!("{v:?}: missing unit (ms, s, m, h)"))?;
+        let n: f64 = rest[..num_end].parse().map_err(|_| format!("{v:?} is not a duration"))?;
+        let unit_end = rest[num_end..].find(|c: char| c.is_ascii_digit() || c == '.').map_or(rest.len(), |i| num_end + i);
+        let scale = match &rest[num_end..unit_end] {
+            "ms" => 0.001,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            u => return Err(format!("{v:?}: unknown unit {u:?} (ms, s, m, h)")),
+        };
+        total += n * scale;
+        rest = &rest[unit_end..];
+    }
+    if v.is_empty() { Err("empty duration".into()) } else { Ok(total) }
+}
+
+fn ipv4_cidr(v: &str) -> Result<String, String> {
+    let (a, p) = v.split_once('/').ok_or_else(|| format!("{v:?} is not a CIDR (a.b.c.d/n)"))?;
+    a.parse::<std::net::Ipv4Addr>().map_err(|_| format!("{v:?}: only IPv4 CIDRs are supported"))?;
+    match p.parse::<u8>() {
+        Ok(n) if n <= 32 => Ok(v.to_string()),
+        _ => Err(format!("{v:?}: bad prefix length")),
+    }
+}
+
+impl Default for NodeControllerArgs {
+    fn default() -> Self {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct P {
+            #[command(flatten)]
+            a: NodeControllerArgs,
+        }
+        P::parse_from(["x"]).a
+    }
+}
+
+impl NodeControllerArgs {
+    fn settings(&self) -> controllers::NodeSettings {
+        let d = |s: f64| Duration::from_secs_f64(s.clamp(0.1, 86400.0));
+        controllers::NodeSettings {
+            monitor_period: d(self.node_monitor_period),
+            grace_period: d(self.node_monitor_grace_period),
+            startup_grace_period: d(self.node_startup_grace_period),
+            eviction_rate: self.node_eviction_rate.max(0.0),
+            secondary_eviction_rate: self.secondary_node_eviction_rate.max(0.0),
+            large_cluster_size_threshold: self.large_cluster_size_threshold,
+            unhealthy_zone_threshold: self.unhealthy_zone_threshold,
+            allocate_node_cidrs: self.allocate_node_cidrs,
+            cluster_cidr: self.cluster_cidr.clone(),
+            node_cidr_mask_size: self.node_cidr_mask_size,
+            terminated_pod_gc_threshold: self.terminated_pod_gc_threshold,
+            pod_gc_orphan_quarantine: d(self.pod_gc_orphan_quarantine),
+            // Upstream's 20 s, or the quarantine if shorter, so a short one is honoured.
+            pod_gc_period: d(self.pod_gc_orphan_quarantine.min(20.0)),
+        }
+    }
+}
+
 /// Starts the scheduler and controller manager as tasks; each restarts after an error.
-pub fn spawn(identity: &str, api: &apiserver::ApiConfig, election: &ElectionArgs) {
+pub fn spawn(identity: &str, api: &apiserver::ApiConfig, election: &ElectionArgs, nodes: &NodeControllerArgs) {
+    let nodes = nodes.settings();
     let pki = api.cacert.parent().map(Path::to_path_buf).unwrap_or_default();
     let host = if api.listen.ip().is_unspecified() { "127.0.0.1".to_string() } else { api.listen.ip().to_string() };
     let server = format!("https://{host}:{}", api.listen.port());
@@ -87,6 +198,7 @@ pub fn spawn(identity: &str, api: &apiserver::ApiConfig, election: &ElectionArgs
                         let mut o = controllers::ControllerManagerOptions::new(&identity);
                         o.root_ca_pem = root_ca;
                         o.election = Some(election.clone());
+                        o.nodes = nodes.clone();
                         controllers::run_controller_manager(sched::client::with_user_agent(cfg, "kuberaft-controller-manager"), o).await
                     }
                     Err(e) => Err(e),
@@ -97,5 +209,28 @@ pub fn spawn(identity: &str, api: &apiserver::ApiConfig, election: &ElectionArgs
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_as_kube_controller_manager_takes_them() {
+        assert_eq!(duration_seconds("40s"), Ok(40.0));
+        assert_eq!(duration_seconds("4"), Ok(4.0));
+        assert_eq!(duration_seconds("500ms"), Ok(0.5));
+        assert_eq!(duration_seconds("1m30s"), Ok(90.0));
+        assert_eq!(duration_seconds("1h"), Ok(3600.0));
+        for bad in ["", "4x", "s", "-1", "NaN", "1.2.3s"] {
+            assert!(duration_seconds(bad).is_err(), "{bad}");
+        }
+        assert!(ipv4_cidr("10.244.0.0/16").is_ok());
+        for bad in ["10.244.0.0", "fd00::/64", "10.0.0.0/33", "x/8"] {
+            assert!(ipv4_cidr(bad).is_err(), "{bad}");
+        }
+        let d = NodeControllerArgs::default();
+        assert_eq!((d.node_monitor_grace_period, d.node_monitor_period, d.cluster_cidr.as_str(), d.node_cidr_mask_size), (40.0, 5.0, "10.244.0.0/16", 24));
     }
 }

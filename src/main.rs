@@ -37,6 +37,8 @@ enum Cmd {
         no_controllers: bool,
         #[command(flatten)]
         election: components::ElectionArgs,
+        #[command(flatten)]
+        nodes: components::NodeControllerArgs,
     },
     /// Run a node daemon (for now only hollow nodes: registered, heartbeating, reporting their
     /// pods Running without running anything; for control-plane scale tests).
@@ -143,12 +145,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
     let res = match cli.cmd {
-        Cmd::Server { store, api, no_controllers, election } => store.resolve().and_then(|cfg| {
+        Cmd::Server { store, api, no_controllers, election, nodes } => store.resolve().and_then(|cfg| {
             let api = api.resolve(cfg.cacert.clone(), cfg.cert.clone(), cfg.key.clone())?;
             let name = cfg.replica.name.clone();
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async move {
                 if api.enabled && !no_controllers {
-                    components::spawn(&name, &api, &election);
+                    components::spawn(&name, &api, &election, &nodes);
                 }
                 apiserver::run(cfg, api).await
             })
@@ -156,7 +158,7 @@ fn main() -> ExitCode {
         Cmd::Up { dir } => apiserver::prepare_up(dir).and_then(|(cfg, api)| {
             let name = cfg.replica.name.clone();
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async move {
-                components::spawn(&name, &api, &components::ElectionArgs::default());
+                components::spawn(&name, &api, &components::ElectionArgs::default(), &components::NodeControllerArgs::default());
                 apiserver::run(cfg, api).await
             })
         }),

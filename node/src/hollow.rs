@@ -334,7 +334,15 @@ impl Hollow {
             return Ok(Action::await_change());
         }
         let current_ip = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref());
-        let ip = lock(&self.ips[i]).ip_of(uid, current_ip)?;
+        // The node's pod CIDR from node IPAM, when it has one we can use.
+        let cidr = self.nodes.get(&ObjectRef::new(&self.shape.names[i])).and_then(|n| n.spec.as_ref().and_then(|s| s.pod_cidr.clone()));
+        let ip = {
+            let mut ips = lock(&self.ips[i]);
+            if let Some(c) = cidr {
+                ips.adopt_cidr(&c);
+            }
+            ips.ip_of(uid, current_ip)?
+        };
         let job = objects::is_job_pod(pod);
         let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
         if job && running {

@@ -1,5 +1,6 @@
 //! Fake pod IPs: node number i owns the /24 at 10.244.0.0 + i*256 (10.244.<i>.0/24 for the
-//! first 256 nodes, continuing into 10.245.0.0 and beyond), hosts .1 to .254.
+//! first 256 nodes, continuing into 10.245.0.0 and beyond), hosts .1 to .254 - unless the Node
+//! has an IPv4 /24 in spec.podCIDR (node IPAM), which is then used instead.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -24,6 +25,27 @@ impl PodIps {
             bail!("node number {index} has no pod IP range");
         };
         Ok(PodIps { net, by_uid: HashMap::new(), used: [false; 256], next: 1 })
+    }
+
+    /// The range of an IPv4 /24 pod CIDR ("10.244.3.0/24"); None for anything else.
+    pub fn for_cidr(cidr: &str) -> Option<PodIps> {
+        let (a, m) = cidr.split_once('/')?;
+        let net = u32::from(a.parse::<Ipv4Addr>().ok()?);
+        (m == "24" && net & 0xff == 0).then(|| PodIps { net, by_uid: HashMap::new(), used: [false; 256], next: 1 })
+    }
+
+    /// Moves to `cidr`'s range (see [`PodIps::for_cidr`]) while no pod holds an IP of ours;
+    /// true if the range is `cidr`'s afterwards.
+    pub fn adopt_cidr(&mut self, cidr: &str) -> bool {
+        let Some(new) = PodIps::for_cidr(cidr) else { return false };
+        if new.net == self.net {
+            return true;
+        }
+        if !self.by_uid.is_empty() {
+            return false;
+        }
+        *self = new;
+        true
     }
 
     fn host_of(&self, ip: &str) -> Option<u8> {
@@ -106,6 +128,18 @@ mod tests {
         let mut c = PodIps::for_node(300).expect("range");
         assert_eq!(c.ip_of("u", None).expect("ip"), "10.245.44.1");
         assert!(PodIps::for_node(usize::MAX).is_err());
+    }
+
+    #[test]
+    fn pod_cidr_from_node_ipam() {
+        let mut a = PodIps::for_node(0).expect("range");
+        assert!(a.adopt_cidr("10.244.9.0/24"));
+        assert_eq!(a.ip_of("u", None).expect("ip"), "10.244.9.1");
+        assert!(!a.adopt_cidr("10.244.10.0/24"), "IPs handed out: the range stays");
+        assert!(a.adopt_cidr("10.244.9.0/24"));
+        for bad in ["10.244.9.0/23", "10.244.9.5/24", "fd00::/64", "x"] {
+            assert!(PodIps::for_cidr(bad).is_none(), "{bad}");
+        }
     }
 
     #[test]
