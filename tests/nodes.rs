@@ -149,7 +149,12 @@ fn unreachable_node_is_tainted_its_pods_evicted_and_it_recovers() {
         Some(s) => format!("[{{key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: {s}}}]"),
         None => "[{key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute}]".to_string(),
     };
-    pod(&c, "plain", "lost-0", "[]");
+    // Pods tolerate an unreachable node for 300 s by default (DefaultTolerationSeconds), so the
+    // pod evicted at once says it tolerates it for 0 s.
+    pod(&c, "plain", "lost-0", &unreachable_for(Some(0)));
+    pod(&c, "defaulted", "lost-0", "[]");
+    let dflt = c.kubectl_ok(&["get", "pod", "defaulted", "-o", r#"jsonpath={range .spec.tolerations[*]}{.key}:{.effect}:{.tolerationSeconds} {end}"#]);
+    assert_eq!(dflt.trim(), "node.kubernetes.io/not-ready:NoExecute:300 node.kubernetes.io/unreachable:NoExecute:300");
     pod(&c, "patient", "lost-0", &unreachable_for(Some(8)));
     pod(&c, "forever", "lost-0", &unreachable_for(None));
     pod(&c, "orphan", "lost-1", "[{operator: Exists}]");
@@ -209,8 +214,9 @@ fn unreachable_node_is_tainted_its_pods_evicted_and_it_recovers() {
     let evicted_at = ts(dt["lastTransitionTime"].as_str().expect("DisruptionTarget time"));
     let waited = evicted_at.as_second() - added.as_second();
     assert!((8..=12).contains(&waited), "evicted {waited} s after the taint was added (tolerationSeconds 8)");
-    // Tolerated without a limit: stays.
+    // Tolerated without a limit, or for the default 300 s: stays.
     assert!(!terminating(&c, "forever").unwrap());
+    assert!(!terminating(&c, "defaulted").unwrap());
 
     // Pod GC: the other node is deleted; its pod (which tolerates everything) is force-deleted.
     c.kubectl_ok(&["delete", "node", "lost-1"]);

@@ -58,6 +58,32 @@ pub fn inject_service_account_volume(pod: &mut Value, sa: Option<&Value>) {
     }
 }
 
+/// Seconds a pod tolerates its node being not ready or unreachable, unless it says otherwise
+/// (kube-apiserver's --default-not-ready/unreachable-toleration-seconds).
+pub const DEFAULT_TOLERATION_SECONDS: i64 = 300;
+
+/// See Api::admit_default_tolerations.
+pub fn add_default_tolerations(pod: &mut Value) {
+    for key in ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"] {
+        let tolerated = pod["spec"]["tolerations"].as_array().is_some_and(|ts| {
+            ts.iter().any(|t| {
+                let effect = t["effect"].as_str().unwrap_or("");
+                let key_matches = t["key"].as_str().unwrap_or("") == key || (t["key"].as_str().unwrap_or("").is_empty() && t["operator"] == "Exists");
+                key_matches && (effect.is_empty() || effect == "NoExecute")
+            })
+        });
+        if tolerated {
+            continue;
+        }
+        if !pod["spec"]["tolerations"].is_array() {
+            pod["spec"]["tolerations"] = json!([]);
+        }
+        if let Some(ts) = pod["spec"]["tolerations"].as_array_mut() {
+            ts.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": DEFAULT_TOLERATION_SECONDS}));
+        }
+    }
+}
+
 impl Api {
     /// ServiceAccount admission for a new pod (see inject_service_account_volume). A missing
     /// ServiceAccount is not an error yet: the controller that creates `default` in every
@@ -192,6 +218,15 @@ impl Api {
         Ok(())
     }
 
+    /// DefaultTolerationSeconds admission: a new pod that does not tolerate the not-ready and
+    /// unreachable NoExecute taints gets tolerations for them of 300 s, so its node has five
+    /// minutes to come back before the pod is evicted.
+    pub fn admit_default_tolerations(&self, t: &Target, pod: &mut Value) {
+        if t.res.group.is_empty() && t.res.kind == "Pod" {
+            add_default_tolerations(pod);
+        }
+    }
+
     /// DefaultStorageClass admission: a new claim that names no class (the field absent, not
     /// "") gets the default StorageClass, the newest if several are marked default.
     pub async fn admit_default_storage_class(&self, t: &Target, obj: &mut Value) -> ApiResult<()> {
@@ -276,6 +311,23 @@ impl Api {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pods_tolerate_unready_and_unreachable_nodes_for_five_minutes_unless_they_say_otherwise() {
+        let mut pod = json!({"spec": {"containers": [{"name": "a"}]}});
+        add_default_tolerations(&mut pod);
+        let ts = pod["spec"]["tolerations"].as_array().cloned().unwrap_or_default();
+        assert_eq!(ts.len(), 2);
+        assert!(ts.iter().all(|t| t["tolerationSeconds"] == 300 && t["effect"] == "NoExecute" && t["operator"] == "Exists"));
+        let mut own = json!({"spec": {"tolerations": [{"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 0}]}});
+        add_default_tolerations(&mut own);
+        let ts = own["spec"]["tolerations"].as_array().cloned().unwrap_or_default();
+        assert_eq!(ts.len(), 2, "only not-ready added: {ts:?}");
+        assert_eq!(ts[0]["tolerationSeconds"], 0);
+        let mut all = json!({"spec": {"tolerations": [{"operator": "Exists"}]}});
+        add_default_tolerations(&mut all);
+        assert_eq!(all["spec"]["tolerations"].as_array().map(Vec::len), Some(1));
+    }
 
     #[test]
     fn pods_get_a_token_volume_unless_they_opt_out() {

@@ -429,6 +429,7 @@ impl Api {
             self.admit_service_account(&target, &mut obj).await?;
             self.admit_limit_ranges(&target, &mut obj).await?;
             self.admit_priority(&target, &mut obj).await?;
+            self.admit_default_tolerations(&target, &mut obj);
             self.admit_default_storage_class(&target, &mut obj).await?;
             let mut guards = self.admit_quota(&target, &obj).await?;
             guards.extend(fence_guard(&t.res, &obj));
