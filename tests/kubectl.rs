@@ -929,3 +929,25 @@ fn priority_classes_set_pod_priority_and_jobs_get_a_generated_selector() {
     assert_eq!(job["spec"]["selector"]["matchLabels"]["batch.kubernetes.io/controller-uid"], uid);
     assert_eq!(job["spec"]["template"]["metadata"]["labels"]["job-name"], "pi");
 }
+
+#[test]
+fn pods_made_by_kubectl_can_be_labelled_and_patched_afterwards() {
+    let c = up();
+    // The ServiceAccount controller makes `default`; admission then mounts its token.
+    let t = std::time::Instant::now();
+    while !c.kubectl(&["get", "serviceaccount", "default"]).status.success() {
+        assert!(t.elapsed() < std::time::Duration::from_secs(30), "no default ServiceAccount");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    c.kubectl_ok(&["run", "lbl", "--image=busybox"]);
+    let pod = json(&c.kubectl_ok(&["get", "pod", "lbl", "-o", "json"]));
+    assert!(pod["spec"]["volumes"][0]["name"].as_str().unwrap_or("").starts_with("kube-api-access-"), "{}", pod["spec"]);
+    assert!(pod["spec"].get("initContainers").is_none(), "{}", pod["spec"]);
+    c.kubectl_ok(&["label", "pod", "lbl", "tier=web"]);
+    c.kubectl_ok(&["annotate", "pod", "lbl", "note=x"]);
+    c.kubectl_ok(&["patch", "pod", "lbl", "--type=json", "-p", r#"[{"op":"add","path":"/metadata/labels/extra","value":"y"}]"#]);
+    let labels = json(&c.kubectl_ok(&["get", "pod", "lbl", "-o", "json"]))["metadata"]["labels"].clone();
+    assert_eq!((labels["tier"].as_str(), labels["extra"].as_str()), (Some("web"), Some("y")));
+    let err = c.kubectl_err(&["patch", "pod", "lbl", "--type=merge", "-p", r#"{"spec":{"containers":[{"name":"lbl","image":"busybox","command":["sh"]}]}}"#]);
+    assert!(err.contains("pod updates may not change fields other than"), "{err}");
+}

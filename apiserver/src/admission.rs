@@ -47,7 +47,8 @@ pub fn inject_service_account_volume(pod: &mut Value, sa: Option<&Value>) {
         v.push(volume);
     }
     for list in ["initContainers", "containers"] {
-        for c in pod["spec"][list].as_array_mut().into_iter().flatten() {
+        // get_mut, not indexing: indexing would store `initContainers: null` in the pod.
+        for c in pod["spec"].get_mut(list).and_then(Value::as_array_mut).into_iter().flatten() {
             if !c["volumeMounts"].is_array() {
                 c["volumeMounts"] = json!([]);
             }
@@ -124,7 +125,7 @@ impl Api {
                     default_req.entry(k.clone()).or_insert(v.clone());
                 }
                 for list in ["initContainers", "containers"] {
-                    for c in pod["spec"][list].as_array_mut().into_iter().flatten() {
+                    for c in pod["spec"].get_mut(list).and_then(Value::as_array_mut).into_iter().flatten() {
                         if !c["resources"].is_object() {
                             c["resources"] = json!({});
                         }
@@ -342,6 +343,7 @@ mod tests {
         let mut off = json!({"spec": {"automountServiceAccountToken": false, "containers": [{"name": "a"}]}});
         inject_service_account_volume(&mut off, None);
         assert!(off["spec"].get("volumes").is_none());
+        assert!(pod["spec"].get("initContainers").is_none(), "no null list added: {pod}");
         let mut by_sa = json!({"spec": {"containers": [{"name": "a"}]}});
         inject_service_account_volume(&mut by_sa, Some(&json!({"automountServiceAccountToken": false})));
         assert!(by_sa["spec"].get("volumes").is_none());

@@ -603,6 +603,9 @@ pub fn immutable_fields(res: &ResourceDef, old: &Value, new: &Value) -> Vec<Caus
                         m.remove(k);
                     }
                 }
+                // A null field and a missing one are the same field (older versions stored some
+                // nulls).
+                strip_nulls(&mut s);
                 s
             };
             if masked(old) != masked(new) {
@@ -625,6 +628,18 @@ pub fn immutable_fields(res: &ResourceDef, old: &Value, new: &Value) -> Vec<Caus
         _ => {}
     }
     causes
+}
+
+/// Removes null members of objects, recursively.
+fn strip_nulls(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            m.retain(|_, x| !x.is_null());
+            m.values_mut().for_each(strip_nulls);
+        }
+        Value::Array(a) => a.iter_mut().for_each(strip_nulls),
+        _ => {}
+    }
 }
 
 /// An update that leaves out a Service's allocated IP or node ports keeps them (clients send
