@@ -3,13 +3,16 @@
 //! this process holds the controller-manager Lease, through the fenced client that leader
 //! election hands out, so a deposed leader's late writes are refused by the API server.
 
+pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod events;
 pub mod gc;
+pub mod history;
 pub mod namespace;
 pub mod replicaset;
 pub mod serviceaccount;
+pub mod statefulset;
 pub mod util;
 
 use std::sync::Arc;
@@ -67,6 +70,8 @@ pub async fn run_controllers(client: Client, root_ca: Arc<Option<String>>, mut s
     set.spawn(named("serviceaccount", serviceaccount::run(client.clone(), root_ca)));
     set.spawn(named("garbagecollector", gc::run(client.clone())));
     set.spawn(named("endpoints", endpoints::run(client.clone())));
+    set.spawn(named("daemonset", daemonset::run(client.clone())));
+    set.spawn(named("statefulset", statefulset::run(client.clone())));
     let result = tokio::select! {
         r = stop.wait_for(|lost| *lost) => {
             // An Err means the sender is gone, which also ends our term.
