@@ -411,17 +411,19 @@ async fn sync(ds: &DaemonSet, ctx: &Ctx) -> anyhow::Result<Action> {
             }
         }
     }
-    // Pods for nodes that no longer exist (nothing else removes them here) and pods without a
-    // node at all.
+    // Pods for nodes that no longer exist: no kubelet will confirm their graceful deletion, so
+    // they go at once (upstream's pod garbage collector force-deletes them likewise). Pods
+    // without a node at all go too.
+    let mut orphaned: Vec<&Pod> = Vec::new();
     for (n, pods) in &by_node {
         if !placement.contains_key(n) {
-            delete.extend(pods.iter().copied());
+            orphaned.extend(pods.iter().copied());
         }
     }
     delete.extend(nowhere.iter().copied());
 
     // Roll only when placement is settled (upstream waits for its expectations likewise).
-    if create.is_empty() && delete.is_empty() && rolling {
+    if create.is_empty() && delete.is_empty() && orphaned.is_empty() && rolling {
         let mut slots: BTreeMap<String, Vec<Slot>> = BTreeMap::new();
         for (n, (run, _)) in &placement {
             if *run {
@@ -468,12 +470,13 @@ async fn sync(ds: &DaemonSet, ctx: &Ctx) -> anyhow::Result<Action> {
         }
     }
     let mut seen = HashSet::new();
-    for p in delete {
+    let now_params = DeleteParams { grace_period_seconds: Some(0), ..Default::default() };
+    for (p, params) in delete.into_iter().map(|p| (p, DeleteParams::default())).chain(orphaned.into_iter().map(|p| (p, now_params.clone()))) {
         let pname = p.name_any();
         if !seen.insert(pname.clone()) {
             continue;
         }
-        match pods_api.delete(&pname, &DeleteParams::default()).await {
+        match pods_api.delete(&pname, &params).await {
             Ok(_) => crate::events::normal(client, COMPONENT, ds, "SuccessfulDelete", format!("Deleted pod: {pname}")).await,
             Err(e) if crate::util::is_not_found(&e) => {}
             Err(e) => tracing::warn!(pod = %pname, namespace = %ns, error = %e, "deleting daemon pod failed"),
