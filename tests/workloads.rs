@@ -184,3 +184,166 @@ fn daemonset_rolls_out_updates_and_rolls_back() {
     let deleted = get(&c, &["get", "events", "--field-selector", "involvedObject.kind=DaemonSet,reason=SuccessfulDelete", "-o", "jsonpath={.items[*].message}"]);
     assert!(deleted.contains("Deleted pod: roll-"), "{deleted}");
 }
+
+fn sts_yaml(name: &str, extra_spec: &str, extra_pod: &str) -> String {
+    format!(
+        "apiVersion: apps/v1\nkind: StatefulSet\nmetadata:\n  name: {name}\nspec:\n  serviceName: {name}-svc\n  replicas: 3\n  selector:\n    matchLabels:\n      app: {name}\n{extra_spec}  template:\n    metadata:\n      labels:\n        app: {name}\n    spec:\n{extra_pod}      containers:\n      - name: c\n        image: nginx:1\n"
+    )
+}
+
+/// Live (not terminating) pods of `set` by ordinal: (ordinal, Running and Ready).
+fn sts_pods(c: &Cluster, set: &str) -> Vec<(u32, bool)> {
+    let t = r#"{range .items[*]}{.metadata.name} {.status.phase} {.status.conditions[?(@.type=="Ready")].status} {.metadata.deletionTimestamp}{"\n"}{end}"#;
+    let out = get(c, &["get", "pods", "-l", &format!("app={set}"), "-o", &format!("jsonpath={t}")]);
+    let mut v: Vec<(u32, bool)> = out
+        .lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let ord = w.first()?.strip_prefix(set)?.strip_prefix('-')?.parse().ok()?;
+            (w.len() < 4).then(|| (ord, w.get(1) == Some(&"Running") && w.get(2) == Some(&"True")))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn images_by_pod(c: &Cluster, set: &str) -> String {
+    let t = r#"{range .items[*]}{.metadata.name}={.spec.containers[0].image}{" "}{end}"#;
+    let out = get(c, &["get", "pods", "-l", &format!("app={set}"), "-o", &format!("jsonpath={t}")]);
+    let mut v: Vec<&str> = out.split_whitespace().collect();
+    v.sort();
+    v.join(" ")
+}
+
+#[test]
+fn statefulset_orders_pods_scales_down_from_the_top_and_rolls_by_partition() {
+    let c = Cluster::up(3, &[]);
+    c.wait_api();
+    let _a = Hollow::start(&c, &["--name", "s", "--hollow-count", "2"]);
+    wait_nodes(&c, 2);
+    c.kubectl_ok(&["apply", "-f", &c.file("web.yaml", &sts_yaml("web", "", ""))]);
+    // OrderedReady: whenever pod i exists, every lower ordinal exists and is Running and Ready.
+    let t = Instant::now();
+    loop {
+        let pods = sts_pods(&c, "web");
+        for (i, (ord, _)) in pods.iter().enumerate() {
+            assert_eq!(*ord, i as u32, "ordinals not a prefix: {pods:?}");
+            if i + 1 < pods.len() {
+                assert!(pods[i].1, "web-{} exists while web-{i} is not Ready: {pods:?}", i + 1);
+            }
+        }
+        if pods.len() == 3 && pods.iter().all(|p| p.1) {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(40), "3 ready pods: {pods:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Creation timestamps agree: each pod created no earlier than its predecessor became Ready.
+    let t = r#"{range .items[*]}{.metadata.name} {.metadata.creationTimestamp} {.status.conditions[?(@.type=="Ready")].lastTransitionTime}{"\n"}{end}"#;
+    let out = get(&c, &["get", "pods", "-l", "app=web", "-o", &format!("jsonpath={t}")]);
+    let mut rows: Vec<Vec<&str>> = out.lines().map(|l| l.split_whitespace().collect()).collect();
+    rows.sort();
+    for w in rows.windows(2) {
+        assert!(w[1][1] >= w[0][2], "{} created at {} before {} was Ready at {}", w[1][0], w[1][1], w[0][0], w[0][2]);
+    }
+    let st = c.kubectl_ok(&["rollout", "status", "sts/web", "--timeout=30s"]);
+    assert!(st.contains("partitioned roll out complete: 3 new pods have been updated"), "{st}");
+    let cols: Vec<String> = get(&c, &["get", "sts", "web", "--no-headers"]).split_whitespace().map(str::to_string).collect();
+    assert_eq!(cols[..2], ["web", "3/3"], "{cols:?}");
+
+    // Identity: labels, hostname and subdomain; the upstream event wording.
+    let pod: serde_json::Value = serde_json::from_str(&get(&c, &["get", "pod", "web-1", "-o", "json"])).expect("pod json");
+    assert_eq!(pod["metadata"]["labels"]["statefulset.kubernetes.io/pod-name"], "web-1");
+    assert_eq!(pod["metadata"]["labels"]["apps.kubernetes.io/pod-index"], "1");
+    let rev = get(&c, &["get", "sts", "web", "-o", "jsonpath={.status.updateRevision}"]);
+    assert!(rev.starts_with("web-"), "{rev}");
+    assert_eq!(pod["metadata"]["labels"]["controller-revision-hash"], rev.as_str());
+    assert_eq!((pod["spec"]["hostname"].as_str(), pod["spec"]["subdomain"].as_str()), (Some("web-1"), Some("web-svc")));
+    let events = get(&c, &["get", "events", "--field-selector", "involvedObject.kind=StatefulSet,reason=SuccessfulCreate", "-o", "jsonpath={.items[*].message}"]);
+    assert!(events.contains("create Pod web-0 in StatefulSet web successful"), "{events}");
+
+    // A failed pod is deleted and recreated under the same name.
+    let uid = get(&c, &["get", "pod", "web-1", "-o", "jsonpath={.metadata.uid}"]);
+    c.kubectl_ok(&["patch", "pod", "web-1", "--subresource=status", "--type=merge", "-p", r#"{"status":{"phase":"Failed"}}"#]);
+    wait_for("web-1 replaced", Duration::from_secs(30), || {
+        let now = get(&c, &["get", "pod", "web-1", "-o", "jsonpath={.metadata.uid} {.status.phase}"]);
+        if now.starts_with(&uid) || !now.ends_with("Running") { Err(now) } else { Ok(()) }
+    });
+
+    // Scale down: highest ordinal first; the live pods always form a prefix.
+    c.kubectl_ok(&["scale", "sts", "web", "--replicas=1"]);
+    let t = Instant::now();
+    loop {
+        let pods = sts_pods(&c, "web");
+        for (i, (ord, _)) in pods.iter().enumerate() {
+            assert_eq!(*ord, i as u32, "scale-down left a gap: {pods:?}");
+        }
+        if pods.len() == 1 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "scale down to 1: {pods:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let deleted = get(&c, &["get", "events", "--field-selector", "involvedObject.kind=StatefulSet,reason=SuccessfulDelete", "-o", "jsonpath={.items[*].message}"]);
+    assert!(deleted.contains("delete Pod web-2 in StatefulSet web successful") && deleted.contains("delete Pod web-1 in StatefulSet web successful"), "{deleted}");
+    c.kubectl_ok(&["scale", "sts", "web", "--replicas=3"]);
+    c.kubectl_ok(&["rollout", "status", "sts/web", "--timeout=40s"]);
+
+    // Partition 2: only web-2 is updated.
+    c.kubectl_ok(&["patch", "sts", "web", "--type=merge", "-p", r#"{"spec":{"updateStrategy":{"type":"RollingUpdate","rollingUpdate":{"partition":2}}}}"#]);
+    c.kubectl_ok(&["set", "image", "sts/web", "c=nginx:2"]);
+    let st = c.kubectl_ok(&["rollout", "status", "sts/web", "--timeout=40s"]);
+    assert!(st.contains("partitioned roll out complete: 1 new pods have been updated"), "{st}");
+    assert_eq!(images_by_pod(&c, "web"), "web-0=nginx:1 web-1=nginx:1 web-2=nginx:2");
+    let (cur, upd) = (get(&c, &["get", "sts", "web", "-o", "jsonpath={.status.currentRevision}"]), get(&c, &["get", "sts", "web", "-o", "jsonpath={.status.updateRevision}"]));
+    assert_ne!(cur, upd);
+    assert_eq!(get(&c, &["get", "sts", "web", "-o", "jsonpath={.status.currentReplicas} {.status.updatedReplicas}"]), "2 1");
+
+    // Partition 0: the rest follow, from the top; then the update revision becomes current.
+    c.kubectl_ok(&["patch", "sts", "web", "--type=merge", "-p", r#"{"spec":{"updateStrategy":{"rollingUpdate":{"partition":0}}}}"#]);
+    c.kubectl_ok(&["rollout", "status", "sts/web", "--timeout=40s"]);
+    wait_for("all on nginx:2", Duration::from_secs(20), || expect_eq(images_by_pod(&c, "web"), "web-0=nginx:2 web-1=nginx:2 web-2=nginx:2"));
+    wait_for("revision current", Duration::from_secs(20), || expect_eq(get(&c, &["get", "sts", "web", "-o", "jsonpath={.status.currentRevision} {.status.currentReplicas}"]), &format!("{upd} 3")));
+    let hist = c.kubectl_ok(&["rollout", "history", "sts/web"]);
+    let revs: Vec<&str> = hist.lines().skip(2).filter_map(|l| l.split_whitespace().next()).collect();
+    assert_eq!(revs, ["1", "2"], "{hist}");
+    c.kubectl_ok(&["rollout", "undo", "sts/web"]);
+    c.kubectl_ok(&["rollout", "status", "sts/web", "--timeout=40s"]);
+    wait_for("all back on nginx:1", Duration::from_secs(30), || expect_eq(images_by_pod(&c, "web"), "web-0=nginx:1 web-1=nginx:1 web-2=nginx:1"));
+}
+
+#[test]
+fn statefulset_claims_are_created_per_pod_and_retained() {
+    let c = Cluster::up(3, &[]);
+    c.wait_api();
+    let _a = Hollow::start(&c, &["--name", "v", "--hollow-count", "2"]);
+    wait_nodes(&c, 2);
+    // Parallel, so every claim is created even if pods wait for their claims to be bound.
+    let claims = "  podManagementPolicy: Parallel\n  volumeClaimTemplates:\n  - metadata:\n      name: www\n      labels:\n        tier: data\n    spec:\n      accessModes: [ReadWriteOnce]\n      resources:\n        requests:\n          storage: 1Gi\n";
+    c.kubectl_ok(&["apply", "-f", &c.file("data.yaml", &sts_yaml("data", claims, ""))]);
+    let pvcs = |sel: &str| get(&c, &["get", "pvc", "-l", sel, "-o", "jsonpath={.items[*].metadata.name}"]);
+    wait_for("three claims", Duration::from_secs(30), || expect_eq(pvcs("app=data,tier=data"), "www-data-0 www-data-1 www-data-2"));
+    wait_for("three pods", Duration::from_secs(30), || expect_eq(get(&c, &["get", "pods", "-l", "app=data", "-o", "jsonpath={.items[*].metadata.name}"]), "data-0 data-1 data-2"));
+    let vol = get(&c, &["get", "pod", "data-2", "-o", "jsonpath={.spec.volumes[?(@.name==\"www\")].persistentVolumeClaim.claimName}"]);
+    assert_eq!(vol, "www-data-2");
+    let events = get(&c, &["get", "events", "--field-selector", "involvedObject.kind=StatefulSet,reason=SuccessfulCreate", "-o", "jsonpath={.items[*].message}"]);
+    assert!(events.contains("create Claim www-data-0 Pod data-0 in StatefulSet data success"), "{events}");
+
+    // Retained by default: after scale-down and after the set is deleted.
+    c.kubectl_ok(&["scale", "sts", "data", "--replicas=1"]);
+    wait_for("one pod", Duration::from_secs(30), || expect_eq(get(&c, &["get", "pods", "-l", "app=data", "-o", "jsonpath={.items[*].metadata.name}"]), "data-0"));
+    assert_eq!(pvcs("app=data"), "www-data-0 www-data-1 www-data-2");
+    c.kubectl_ok(&["delete", "sts", "data"]);
+    wait_for("pods gone", Duration::from_secs(30), || expect_eq(get(&c, &["get", "pods", "-l", "app=data", "-o", "name"]), ""));
+    assert_eq!(pvcs("app=data"), "www-data-0 www-data-1 www-data-2");
+
+    // whenDeleted: Delete hands the claims to the set, so they go with it.
+    let policy = format!("{claims}  persistentVolumeClaimRetentionPolicy:\n    whenDeleted: Delete\n    whenScaled: Retain\n");
+    c.kubectl_ok(&["apply", "-f", &c.file("tmp.yaml", &sts_yaml("tmp", &policy, ""))]);
+    wait_for("tmp claims", Duration::from_secs(30), || expect_eq(pvcs("app=tmp"), "www-tmp-0 www-tmp-1 www-tmp-2"));
+    let owner = get(&c, &["get", "pvc", "www-tmp-0", "-o", "jsonpath={.metadata.ownerReferences[0].kind}/{.metadata.ownerReferences[0].name}"]);
+    assert_eq!(owner, "StatefulSet/tmp");
+    c.kubectl_ok(&["delete", "sts", "tmp"]);
+    wait_for("tmp claims deleted with the set", Duration::from_secs(30), || expect_eq(pvcs("app=tmp"), ""));
+    assert_eq!(pvcs("app=data"), "www-data-0 www-data-1 www-data-2");
+}
