@@ -624,7 +624,10 @@ mod tests {
         assert_eq!(target_node(&Pod::default()), None);
     }
 
-    fn slots(v: &[(&str, &[(&str, bool, bool)])]) -> BTreeMap<String, Vec<Slot>> {
+    /// (node, [(pod, updated, available)]).
+    type Layout<'a> = [(&'a str, &'a [(&'a str, bool, bool)])];
+
+    fn slots(v: &Layout) -> BTreeMap<String, Vec<Slot>> {
         v.iter().map(|(n, pods)| (n.to_string(), pods.iter().map(|(name, updated, available)| Slot { name: name.to_string(), updated: *updated, available: *available }).collect())).collect()
     }
 

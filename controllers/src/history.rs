@@ -142,7 +142,7 @@ pub fn revision_name(parent: &str, hash: &str) -> String {
 }
 
 /// The revisions beyond `limit` to delete: oldest first, never one that `in_use` keeps.
-pub fn to_prune<'a>(others: &'a [ControllerRevision], limit: i32, in_use: impl Fn(&ControllerRevision) -> bool) -> Vec<&'a ControllerRevision> {
+pub fn to_prune(others: &[ControllerRevision], limit: i32, in_use: impl Fn(&ControllerRevision) -> bool) -> Vec<&ControllerRevision> {
     let mut candidates: Vec<&ControllerRevision> = others.iter().collect();
     candidates.sort_by_key(|cr| cr.revision);
     let mut excess = candidates.len() as i64 - i64::from(limit.max(0));
