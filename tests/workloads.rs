@@ -337,12 +337,16 @@ fn statefulset_claims_are_created_per_pod_and_retained() {
     wait_for("pods gone", Duration::from_secs(30), || expect_eq(get(&c, &["get", "pods", "-l", "app=data", "-o", "name"]), ""));
     assert_eq!(pvcs("app=data"), "www-data-0 www-data-1 www-data-2");
 
-    // whenDeleted: Delete hands the claims to the set, so they go with it.
-    let policy = format!("{claims}  persistentVolumeClaimRetentionPolicy:\n    whenDeleted: Delete\n    whenScaled: Retain\n");
+    // whenDeleted: Delete hands the claims to the set, so they go with it; whenScaled: Delete
+    // hands a scaled-away pod's claims to the pod, so they go with the pod.
+    let policy = format!("{claims}  persistentVolumeClaimRetentionPolicy:\n    whenDeleted: Delete\n    whenScaled: Delete\n");
     c.kubectl_ok(&["apply", "-f", &c.file("tmp.yaml", &sts_yaml("tmp", &policy, ""))]);
     wait_for("tmp claims", Duration::from_secs(30), || expect_eq(pvcs("app=tmp"), "www-tmp-0 www-tmp-1 www-tmp-2"));
     let owner = get(&c, &["get", "pvc", "www-tmp-0", "-o", "jsonpath={.metadata.ownerReferences[0].kind}/{.metadata.ownerReferences[0].name}"]);
     assert_eq!(owner, "StatefulSet/tmp");
+    wait_for("three tmp pods", Duration::from_secs(30), || expect_eq(get(&c, &["get", "pods", "-l", "app=tmp", "-o", "jsonpath={.items[*].metadata.name}"]), "tmp-0 tmp-1 tmp-2"));
+    c.kubectl_ok(&["scale", "sts", "tmp", "--replicas=1"]);
+    wait_for("scaled-away claims deleted", Duration::from_secs(30), || expect_eq(pvcs("app=tmp"), "www-tmp-0"));
     c.kubectl_ok(&["delete", "sts", "tmp"]);
     wait_for("tmp claims deleted with the set", Duration::from_secs(30), || expect_eq(pvcs("app=tmp"), ""));
     assert_eq!(pvcs("app=data"), "www-data-0 www-data-1 www-data-2");

@@ -312,15 +312,32 @@ async fn sync(sts: &StatefulSet, client: &Client) -> anyhow::Result<Action> {
     // Act.
     let steps = plan(range.clone(), &views, monotonic, partition, &update_name);
     let retention = spec.persistent_volume_claim_retention_policy.as_ref();
-    let delete_with_set = retention.and_then(|r| r.when_deleted.as_deref()) == Some("Delete");
-    let delete_on_scale = retention.and_then(|r| r.when_scaled.as_deref()) == Some("Delete");
+    let has_claims = spec.volume_claim_templates.as_ref().is_some_and(|v| !v.is_empty());
+    let pvc_api = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns);
+    let claims = Claims {
+        existing: if has_claims { pvc_api.list(&ListParams::default()).await.with_context(|| format!("list claims in {ns}"))?.items.into_iter().map(|c| (c.name_any(), c)).collect() } else { BTreeMap::new() },
+        api: pvc_api,
+        sts,
+        set_ref: set_ref(sts).context("StatefulSet without name or uid")?,
+        delete_with_set: retention.and_then(|r| r.when_deleted.as_deref()) == Some("Delete"),
+        delete_on_scale: retention.and_then(|r| r.when_scaled.as_deref()) == Some("Delete"),
+    };
+    if has_claims {
+        for (ord, p) in mine.iter().filter(|(_, p)| p.metadata.deletion_timestamp.is_none()) {
+            claims.fix_owners(*ord, p, !range.contains(ord)).await?;
+            // Pending pods get claims that went missing.
+            if range.contains(ord) && p.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("Pending") == "Pending" {
+                claims.create_missing(client, *ord, &p.name_any()).await?;
+            }
+        }
+    }
     for step in &steps {
         match *step {
             Step::Create(ord) => {
                 let (template, rev) = if partition.is_some_and(|p| ord < p) { (&current_template, &current_name) } else { (&spec.template, &update_name) };
                 let pod = new_pod(sts, template, rev, ord)?;
                 let pname = pod.name_any();
-                ensure_claims(client, sts, ord, &pname, delete_with_set).await?;
+                claims.create_missing(client, ord, &pname).await?;
                 match pods_api.create(&PostParams::default(), &pod).await {
                     Ok(_) => crate::events::normal(client, COMPONENT, sts, "SuccessfulCreate", format!("create Pod {pname} in StatefulSet {name} successful")).await,
                     Err(e) if crate::util::is_status(&e, 409) => {}
@@ -333,10 +350,6 @@ async fn sync(sts: &StatefulSet, client: &Client) -> anyhow::Result<Action> {
             Step::Delete(ord) => {
                 let Some(pod) = mine.get(&ord) else { continue };
                 let pname = pod.name_any();
-                if delete_on_scale && !range.contains(&ord) {
-                    // Scaled away: its claims follow the pod (the garbage collector deletes them).
-                    own_claims_by_pod(client, sts, ord, pod).await?;
-                }
                 match pods_api.delete(&pname, &DeleteParams::default()).await {
                     Ok(_) => crate::events::normal(client, COMPONENT, sts, "SuccessfulDelete", format!("delete Pod {pname} in StatefulSet {name} successful")).await,
                     Err(e) if crate::util::is_not_found(&e) => {}
@@ -348,13 +361,6 @@ async fn sync(sts: &StatefulSet, client: &Client) -> anyhow::Result<Action> {
             }
         }
     }
-    // Pending pods get claims that went missing.
-    for (ord, p) in &mine {
-        if range.contains(ord) && p.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("Pending") == "Pending" && p.metadata.deletion_timestamp.is_none() {
-            ensure_claims(client, sts, *ord, &p.name_any(), delete_with_set).await?;
-        }
-    }
-
     // History beyond revisionHistoryLimit, except the current and update revisions and what
     // live pods run.
     let mut live: HashSet<String> = views.values().map(|v| v.revision.clone()).collect();
@@ -378,62 +384,85 @@ fn set_ref(sts: &StatefulSet) -> Option<OwnerReference> {
     Some(OwnerReference { api_version: StatefulSet::api_version(&()).into_owned(), kind: StatefulSet::kind(&()).into_owned(), name: m.name.clone()?, uid: m.uid.clone()?, controller: None, block_owner_deletion: None })
 }
 
-/// Creates the pod's missing claims (with an owner reference to the set when the retention
-/// policy deletes them with it), and takes back claims a scale-down gave to an earlier pod.
-async fn ensure_claims(client: &Client, sts: &StatefulSet, ordinal: i32, pod_name: &str, delete_with_set: bool) -> anyhow::Result<()> {
-    let ns = sts.namespace().unwrap_or_default();
-    let set = sts.name_any();
-    let api = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns);
-    for (_, mut claim) in claims_for(sts, ordinal) {
-        let cname = claim.metadata.name.clone().unwrap_or_default();
-        match api.get_opt(&cname).await.with_context(|| format!("get claim {ns}/{cname}"))? {
-            Some(existing) => {
-                let refs = existing.metadata.owner_references.clone().unwrap_or_default();
-                if refs.iter().any(|r| r.kind == "Pod") {
-                    let keep: Vec<_> = refs.into_iter().filter(|r| r.kind != "Pod").collect();
-                    let keep = if keep.is_empty() { serde_json::Value::Null } else { json!(keep) };
-                    api.patch(&cname, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"ownerReferences": keep, "resourceVersion": existing.metadata.resource_version}})))
-                        .await
-                        .with_context(|| format!("release claim {ns}/{cname} from its old pod"))?;
-                }
-            }
-            None => {
-                if delete_with_set {
-                    claim.metadata.owner_references = set_ref(sts).map(|r| vec![r]);
-                }
-                match api.create(&PostParams::default(), &claim).await {
-                    Ok(_) => crate::events::normal(client, COMPONENT, sts, "SuccessfulCreate", format!("create Claim {cname} Pod {pod_name} in StatefulSet {set} success")).await,
-                    Err(e) if crate::util::is_status(&e, 409) => {}
-                    Err(e) => {
-                        crate::events::record(client, COMPONENT, sts, "Warning", "FailedCreate", format!("create Claim {cname} for Pod {pod_name} in StatefulSet {set} failed error: {e}")).await;
-                        return Err(e).with_context(|| format!("create claim {ns}/{cname}"));
-                    }
-                }
-            }
-        }
+/// The owner references a pod's claim should carry under the retention policy (upstream
+/// updateClaimOwnerRefForSetAndPod): the set when whenDeleted is Delete, the pod instead while
+/// it is being scaled away and whenScaled is Delete; other owners are kept.
+pub fn claim_owners(current: &[OwnerReference], set: &OwnerReference, pod: &OwnerReference, delete_with_set: bool, delete_on_scale: bool, scaled_down: bool) -> Vec<OwnerReference> {
+    let mut out: Vec<OwnerReference> = current.iter().filter(|r| r.uid != set.uid && !(r.kind == "Pod" && r.name == pod.name)).cloned().collect();
+    let by_pod = scaled_down && delete_on_scale;
+    if by_pod {
+        out.push(pod.clone());
+    } else if delete_with_set {
+        out.push(set.clone());
     }
-    Ok(())
+    out
 }
 
-/// whenScaled: Delete — the claims of a pod being scaled away get the pod as owner.
-async fn own_claims_by_pod(client: &Client, sts: &StatefulSet, ordinal: i32, pod: &Pod) -> anyhow::Result<()> {
-    let ns = sts.namespace().unwrap_or_default();
-    let api = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns);
-    let Some(uid) = pod.metadata.uid.clone() else { return Ok(()) };
-    let pod_ref = OwnerReference { api_version: "v1".into(), kind: "Pod".into(), name: pod.name_any(), uid: uid.clone(), controller: None, block_owner_deletion: None };
-    for (_, claim) in claims_for(sts, ordinal) {
-        let cname = claim.metadata.name.clone().unwrap_or_default();
-        let Some(existing) = api.get_opt(&cname).await.with_context(|| format!("get claim {ns}/{cname}"))? else { continue };
-        let mut refs = existing.metadata.owner_references.clone().unwrap_or_default();
-        if refs.iter().any(|r| r.uid == uid) {
-            continue;
+fn refs_equal(a: &[OwnerReference], b: &[OwnerReference]) -> bool {
+    let key = |r: &OwnerReference| (r.uid.clone(), r.kind.clone());
+    let mut x: Vec<_> = a.iter().map(key).collect();
+    let mut y: Vec<_> = b.iter().map(key).collect();
+    x.sort();
+    y.sort();
+    x == y
+}
+
+/// The retention policy as it applies to one set.
+struct Claims<'a> {
+    api: Api<PersistentVolumeClaim>,
+    sts: &'a StatefulSet,
+    set_ref: OwnerReference,
+    delete_with_set: bool,
+    delete_on_scale: bool,
+    /// The namespace's claims by name, as listed at the start of the sync.
+    existing: BTreeMap<String, PersistentVolumeClaim>,
+}
+
+impl Claims<'_> {
+    /// Creates pod `ordinal`'s missing claims (before the pod, as upstream).
+    async fn create_missing(&self, client: &Client, ordinal: i32, pod_name: &str) -> anyhow::Result<()> {
+        let set = self.sts.name_any();
+        let ns = self.sts.namespace().unwrap_or_default();
+        for (_, mut claim) in claims_for(self.sts, ordinal) {
+            let cname = claim.metadata.name.clone().unwrap_or_default();
+            if self.existing.contains_key(&cname) {
+                continue;
+            }
+            if self.delete_with_set {
+                claim.metadata.owner_references = Some(vec![self.set_ref.clone()]);
+            }
+            match self.api.create(&PostParams::default(), &claim).await {
+                Ok(_) => crate::events::normal(client, COMPONENT, self.sts, "SuccessfulCreate", format!("create Claim {cname} Pod {pod_name} in StatefulSet {set} success")).await,
+                Err(e) if crate::util::is_status(&e, 409) => {}
+                Err(e) => {
+                    crate::events::record(client, COMPONENT, self.sts, "Warning", "FailedCreate", format!("create Claim {cname} for Pod {pod_name} in StatefulSet {set} failed error: {e}")).await;
+                    return Err(e).with_context(|| format!("create claim {ns}/{cname}"));
+                }
+            }
         }
-        refs.push(pod_ref.clone());
-        api.patch(&cname, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"ownerReferences": refs, "resourceVersion": existing.metadata.resource_version}})))
-            .await
-            .with_context(|| format!("hand claim {ns}/{cname} to its pod"))?;
+        Ok(())
     }
-    Ok(())
+
+    /// Gives the existing claims of `pod` the owners the policy asks for.
+    async fn fix_owners(&self, ordinal: i32, pod: &Pod, scaled_down: bool) -> anyhow::Result<()> {
+        let Some(uid) = pod.metadata.uid.clone() else { return Ok(()) };
+        let pod_ref = OwnerReference { api_version: "v1".into(), kind: "Pod".into(), name: pod.name_any(), uid, controller: None, block_owner_deletion: None };
+        for (_, claim) in claims_for(self.sts, ordinal) {
+            let cname = claim.metadata.name.clone().unwrap_or_default();
+            let Some(existing) = self.existing.get(&cname) else { continue };
+            let have = existing.metadata.owner_references.clone().unwrap_or_default();
+            let want = claim_owners(&have, &self.set_ref, &pod_ref, self.delete_with_set, self.delete_on_scale, scaled_down);
+            if refs_equal(&have, &want) {
+                continue;
+            }
+            let refs = if want.is_empty() { serde_json::Value::Null } else { json!(want) };
+            self.api
+                .patch(&cname, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"ownerReferences": refs, "resourceVersion": existing.metadata.resource_version}})))
+                .await
+                .with_context(|| format!("set the owners of claim {cname}"))?;
+        }
+        Ok(())
+    }
 }
 
 async fn adopt(api: &Api<Pod>, pod: &Pod, sts: &StatefulSet) -> Option<Pod> {
@@ -537,6 +566,23 @@ mod tests {
         assert_eq!(plan(0..3, &done, true, Some(2), "r2"), []);
         // OnDelete: nothing rolls.
         assert_eq!(plan(0..3, &old, true, None, "r2"), []);
+    }
+
+    #[test]
+    fn claim_owners_follow_the_retention_policy() {
+        let r = |kind: &str, name: &str, uid: &str| OwnerReference { api_version: "v1".into(), kind: kind.into(), name: name.into(), uid: uid.into(), controller: None, block_owner_deletion: None };
+        let (set, pod, other) = (r("StatefulSet", "web", "s"), r("Pod", "web-1", "p2"), r("ConfigMap", "x", "c"));
+        let uids = |v: Vec<OwnerReference>| v.into_iter().map(|r| r.uid).collect::<Vec<_>>();
+        // Retain/Retain: ours removed, others kept.
+        assert_eq!(uids(claim_owners(&[other.clone(), set.clone()], &set, &pod, false, false, false)), ["c"]);
+        // whenDeleted Delete: the set owns it.
+        assert_eq!(uids(claim_owners(&[], &set, &pod, true, false, false)), ["s"]);
+        // whenScaled Delete, scaled away: the pod instead of the set; a stale pod ref is replaced.
+        let stale = r("Pod", "web-1", "p1");
+        assert_eq!(uids(claim_owners(&[set.clone(), stale.clone()], &set, &pod, true, true, true)), ["p2"]);
+        // Back in range: the pod reference goes again.
+        assert_eq!(uids(claim_owners(&[stale], &set, &pod, true, true, false)), ["s"]);
+        assert!(claim_owners(&[pod.clone()], &set, &pod, false, true, false).is_empty());
     }
 
     fn sts(v: serde_json::Value) -> StatefulSet {
