@@ -183,6 +183,28 @@ fn daemonset_rolls_out_updates_and_rolls_back() {
     assert_eq!(revs, ["2", "3"], "{hist}");
     let deleted = get(&c, &["get", "events", "--field-selector", "involvedObject.kind=DaemonSet,reason=SuccessfulDelete", "-o", "jsonpath={.items[*].message}"]);
     assert!(deleted.contains("Deleted pod: roll-"), "{deleted}");
+
+    // maxSurge 1, maxUnavailable 0: a new pod starts next to the old one before it goes, so at
+    // most one node ever has two pods and every node keeps a Ready pod.
+    c.kubectl_ok(&["patch", "ds", "roll", "--type=merge", "-p", r#"{"spec":{"updateStrategy":{"rollingUpdate":{"maxSurge":1,"maxUnavailable":0}}}}"#]);
+    c.kubectl_ok(&["set", "image", "ds/roll", "c=nginx:3"]);
+    let t = Instant::now();
+    loop {
+        let by_node = pods_by_node(&c, "app=roll");
+        // Not terminating: the phase is not followed by a deletion timestamp.
+        let live: Vec<&str> = by_node.split_whitespace().filter(|p| p.ends_with("=Running") || p.ends_with("=Pending")).collect();
+        assert!(live.len() <= 4, "more than maxSurge extra pods: {by_node}");
+        let mut running: Vec<&str> = live.iter().filter(|p| p.ends_with("=Running")).map(|p| p.split('=').next().unwrap_or("")).collect();
+        running.dedup();
+        assert_eq!(running, ["r-0", "r-1", "r-2"], "a node without a running pod: {by_node}");
+        if images() == "nginx:3 nginx:3 nginx:3" {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(40), "surge rollout: {by_node} {}", images());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let st = c.kubectl_ok(&["rollout", "status", "ds/roll", "--timeout=30s"]);
+    assert!(st.contains("successfully rolled out"), "{st}");
 }
 
 fn sts_yaml(name: &str, extra_spec: &str, extra_pod: &str) -> String {
