@@ -322,6 +322,17 @@ async fn sync(sts: &StatefulSet, client: &Client) -> anyhow::Result<Action> {
         delete_with_set: retention.and_then(|r| r.when_deleted.as_deref()) == Some("Delete"),
         delete_on_scale: retention.and_then(|r| r.when_scaled.as_deref()) == Some("Delete"),
     };
+    // Identity labels a pod lost (or an adopted pod never had), as upstream's updateIdentity.
+    for (ord, p) in mine.iter().filter(|(o, p)| range.contains(*o) && p.metadata.deletion_timestamp.is_none()) {
+        let want = [(POD_NAME_LABEL, p.name_any()), (POD_INDEX_LABEL, ord.to_string())];
+        if want.iter().any(|(k, v)| p.labels().get(*k) != Some(v)) {
+            let labels: serde_json::Map<String, serde_json::Value> = want.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+            pods_api
+                .patch(&p.name_any(), &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": labels, "resourceVersion": p.metadata.resource_version}})))
+                .await
+                .with_context(|| format!("restore the identity labels of pod {ns}/{}", p.name_any()))?;
+        }
+    }
     if has_claims {
         for (ord, p) in mine.iter().filter(|(_, p)| p.metadata.deletion_timestamp.is_none()) {
             claims.fix_owners(*ord, p, !range.contains(ord)).await?;
