@@ -372,4 +372,10 @@ fn statefulset_claims_are_created_per_pod_and_retained() {
     c.kubectl_ok(&["delete", "sts", "tmp"]);
     wait_for("tmp claims deleted with the set", Duration::from_secs(30), || expect_eq(pvcs("app=tmp"), ""));
     assert_eq!(pvcs("app=data"), "www-data-0 www-data-1 www-data-2");
+
+    // .spec.ordinals.start numbers pods and claims from there.
+    let start = format!("  replicas: 2\n  ordinals:\n    start: 3\n{claims}");
+    c.kubectl_ok(&["apply", "-f", &c.file("ord.yaml", &sts_yaml("ord", &start, "").replace("  replicas: 3\n", ""))]);
+    wait_for("pods from ordinal 3", Duration::from_secs(30), || expect_eq(get(&c, &["get", "pods", "-l", "app=ord", "-o", "jsonpath={.items[*].metadata.name}"]), "ord-3 ord-4"));
+    assert_eq!(pvcs("app=ord"), "www-ord-3 www-ord-4");
 }
