@@ -593,7 +593,7 @@ mod tests {
         assert_eq!(uids(claim_owners(&[set.clone(), stale.clone()], &set, &pod, true, true, true)), ["p2"]);
         // Back in range: the pod reference goes again.
         assert_eq!(uids(claim_owners(&[stale], &set, &pod, true, true, false)), ["s"]);
-        assert!(claim_owners(&[pod.clone()], &set, &pod, false, true, false).is_empty());
+        assert!(claim_owners(std::slice::from_ref(&pod), &set, &pod, false, true, false).is_empty());
     }
 
     fn sts(v: serde_json::Value) -> StatefulSet {
