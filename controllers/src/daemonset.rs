@@ -16,7 +16,7 @@ use anyhow::Context as _;
 use futures::future::join_all;
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetStatus};
 use k8s_openapi::api::core::v1::{Affinity, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodTemplateSpec, Toleration};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
@@ -46,9 +46,10 @@ pub async fn run(client: Client) -> anyhow::Result<()> {
     let ctl = Controller::new(Api::<DaemonSet>::all(client.clone()), watcher::Config::default());
     let store = ctl.store();
     // Any node change (added, removed, labels, taints) may change where every DaemonSet runs.
-    let ctl = ctl.owns(Api::<Pod>::all(client.clone()), watcher::Config::default()).watches(Api::<Node>::all(client.clone()), watcher::Config::default(), move |_node: Node| {
-        store.state().iter().map(|ds| ObjectRef::from_obj(ds.as_ref())).collect::<Vec<_>>()
-    });
+    let pods_store = store.clone();
+    let ctl = ctl
+        .watches(Api::<Pod>::all(client.clone()), watcher::Config::default(), move |pod: Pod| pod_owners::<DaemonSet>(&pods_store.state(), &pod, |ds| ds.spec.as_ref().map(|s| &s.selector)))
+        .watches(Api::<Node>::all(client.clone()), watcher::Config::default(), move |_node: Node| store.state().iter().map(|ds| ObjectRef::from_obj(ds.as_ref())).collect::<Vec<_>>());
     let ctx = Arc::new(Ctx { client, backoff: Mutex::new(HashMap::new()) });
     crate::util::drain("daemonset", ctl.run(reconcile, crate::util::error_policy, ctx)).await;
     Ok(())
@@ -74,6 +75,24 @@ impl Ctx {
 
 async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, crate::Error> {
     Ok(sync(&ds, &ctx).await?)
+}
+
+/// The workloads of kind `K` a pod event concerns: its controller when that is a `K`, else
+/// (an orphan) those in its namespace whose selector matches it, which may adopt it.
+pub fn pod_owners<K>(workloads: &[std::sync::Arc<K>], pod: &Pod, selector: impl Fn(&K) -> Option<&LabelSelector>) -> Vec<kube::runtime::reflector::ObjectRef<K>>
+where
+    K: kube::Resource<DynamicType = ()>,
+{
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    if let Some(c) = controller_ref(&pod.metadata) {
+        let ours = c.kind == K::kind(&()) && c.api_version == K::api_version(&());
+        return if ours { vec![kube::runtime::reflector::ObjectRef::new(&c.name).within(&ns)] } else { vec![] };
+    }
+    workloads
+        .iter()
+        .filter(|w| w.namespace().as_deref() == Some(ns.as_str()) && selector(w).is_some_and(|s| selector_matches(s, pod.metadata.labels.as_ref())))
+        .map(|w| kube::runtime::reflector::ObjectRef::from_obj(w.as_ref()))
+        .collect()
 }
 
 // ---------------------------------------------------------------- placement (pure)
@@ -336,11 +355,9 @@ async fn sync(ds: &DaemonSet, ctx: &Ctx) -> anyhow::Result<Action> {
 
     // Live pods by target node, oldest first.
     let mut by_node: BTreeMap<String, Vec<&Pod>> = BTreeMap::new();
-    let mut nowhere: Vec<&Pod> = Vec::new();
     for p in mine.iter().filter(|p| p.metadata.deletion_timestamp.is_none()) {
-        match target_node(p) {
-            Some(n) => by_node.entry(n).or_default().push(p),
-            None => nowhere.push(p),
+        if let Some(n) = target_node(p) {
+            by_node.entry(n).or_default().push(p);
         }
     }
     for v in by_node.values_mut() {
@@ -413,14 +430,13 @@ async fn sync(ds: &DaemonSet, ctx: &Ctx) -> anyhow::Result<Action> {
     }
     // Pods for nodes that no longer exist: no kubelet will confirm their graceful deletion, so
     // they go at once (upstream's pod garbage collector force-deletes them likewise). Pods
-    // without a node at all go too.
+    // without any target node are left alone, as upstream does.
     let mut orphaned: Vec<&Pod> = Vec::new();
     for (n, pods) in &by_node {
         if !placement.contains_key(n) {
             orphaned.extend(pods.iter().copied());
         }
     }
-    delete.extend(nowhere.iter().copied());
 
     // Roll only when placement is settled (upstream waits for its expectations likewise).
     if create.is_empty() && delete.is_empty() && orphaned.is_empty() && rolling {
@@ -626,6 +642,22 @@ mod tests {
 
     /// (node, [(pod, updated, available)]).
     type Layout<'a> = [(&'a str, &'a [(&'a str, bool, bool)])];
+
+    #[test]
+    fn pod_events_go_to_the_controller_or_to_matching_adopters() {
+        let ds = |name: &str, ns: &str, app: &str| -> Arc<DaemonSet> { Arc::new(serde_json::from_value(json!({"metadata": {"name": name, "namespace": ns}, "spec": {"selector": {"matchLabels": {"app": app}}, "template": {}}})).unwrap()) };
+        let all = vec![ds("a", "default", "x"), ds("b", "default", "y"), ds("c", "other", "x")];
+        fn sel(d: &DaemonSet) -> Option<&LabelSelector> {
+            d.spec.as_ref().map(|s| &s.selector)
+        }
+        let names = |v: Vec<ObjectRef<DaemonSet>>| v.into_iter().map(|r| r.name).collect::<Vec<_>>();
+        let orphan: Pod = serde_json::from_value(json!({"metadata": {"name": "p", "namespace": "default", "labels": {"app": "x"}}})).unwrap();
+        assert_eq!(names(pod_owners(&all, &orphan, sel)), ["a"]);
+        let owned: Pod = serde_json::from_value(json!({"metadata": {"name": "p", "namespace": "default", "labels": {"app": "x"}, "ownerReferences": [{"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "b", "uid": "u", "controller": true}]}})).unwrap();
+        assert_eq!(names(pod_owners(&all, &owned, sel)), ["b"]);
+        let foreign: Pod = serde_json::from_value(json!({"metadata": {"name": "p", "namespace": "default", "labels": {"app": "x"}, "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "r", "uid": "u", "controller": true}]}})).unwrap();
+        assert!(pod_owners(&all, &foreign, sel).is_empty());
+    }
 
     fn slots(v: &Layout) -> BTreeMap<String, Vec<Slot>> {
         v.iter().map(|(n, pods)| (n.to_string(), pods.iter().map(|(name, updated, available)| Slot { name: name.to_string(), updated: *updated, available: *available }).collect())).collect()

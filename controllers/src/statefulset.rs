@@ -35,7 +35,9 @@ struct Ctx {
 }
 
 pub async fn run(client: Client) -> anyhow::Result<()> {
-    let ctl = Controller::new(Api::<StatefulSet>::all(client.clone()), watcher::Config::default()).owns(Api::<Pod>::all(client.clone()), watcher::Config::default());
+    let ctl = Controller::new(Api::<StatefulSet>::all(client.clone()), watcher::Config::default());
+    let store = ctl.store();
+    let ctl = ctl.watches(Api::<Pod>::all(client.clone()), watcher::Config::default(), move |pod: Pod| crate::daemonset::pod_owners::<StatefulSet>(&store.state(), &pod, |s| s.spec.as_ref().map(|s| &s.selector)));
     crate::util::drain("statefulset", ctl.run(reconcile, crate::util::error_policy, Arc::new(Ctx { client }))).await;
     Ok(())
 }
