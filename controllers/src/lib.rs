@@ -3,11 +3,13 @@
 //! this process holds the controller-manager Lease, through the fenced client that leader
 //! election hands out, so a deposed leader's late writes are refused by the API server.
 
+pub mod daemonset;
 pub mod deployment;
 pub mod disruption;
 pub mod endpoints;
 pub mod events;
 pub mod gc;
+pub mod history;
 pub mod namespace;
 pub mod nodeipam;
 pub mod nodelifecycle;
@@ -15,6 +17,7 @@ pub mod podgc;
 pub mod replicaset;
 pub mod resourcequota;
 pub mod serviceaccount;
+pub mod statefulset;
 pub mod taint;
 pub mod util;
 pub mod volume;
@@ -140,6 +143,8 @@ pub async fn run_controllers(client: Client, root_ca: Arc<Option<String>>, nodes
         set.spawn(named("nodeipam", nodeipam::run(client.clone(), nodes.clone())));
     }
     set.spawn(named("podgc", podgc::run(client.clone(), nodes.clone())));
+    set.spawn(named("daemonset", daemonset::run(client.clone())));
+    set.spawn(named("statefulset", statefulset::run(client.clone())));
     let result = tokio::select! {
         r = stop.wait_for(|lost| *lost) => {
             // An Err means the sender is gone, which also ends our term.
