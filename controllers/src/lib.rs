@@ -7,9 +7,11 @@ pub mod deployment;
 pub mod endpoints;
 pub mod events;
 pub mod gc;
+pub mod job;
 pub mod namespace;
 pub mod replicaset;
 pub mod serviceaccount;
+pub mod ttl;
 pub mod util;
 
 use std::sync::Arc;
@@ -67,6 +69,8 @@ pub async fn run_controllers(client: Client, root_ca: Arc<Option<String>>, mut s
     set.spawn(named("serviceaccount", serviceaccount::run(client.clone(), root_ca)));
     set.spawn(named("garbagecollector", gc::run(client.clone())));
     set.spawn(named("endpoints", endpoints::run(client.clone())));
+    set.spawn(named("job", job::run(client.clone())));
+    set.spawn(named("ttl-after-finished", ttl::run(client.clone())));
     let result = tokio::select! {
         r = stop.wait_for(|lost| *lost) => {
             // An Err means the sender is gone, which also ends our term.
