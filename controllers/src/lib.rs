@@ -1,8 +1,9 @@
 //! Kubernetes controllers (ReplicaSet, Deployment, Namespace, ServiceAccount, Endpoints and
-//! EndpointSlice, garbage collector) as API clients built on kube-runtime. They run only while
+//! EndpointSlice, Job, CronJob, TTL-after-finished, garbage collector) as API clients built on kube-runtime. They run only while
 //! this process holds the controller-manager Lease, through the fenced client that leader
 //! election hands out, so a deposed leader's late writes are refused by the API server.
 
+pub mod cronjob;
 pub mod deployment;
 pub mod endpoints;
 pub mod events;
@@ -71,6 +72,7 @@ pub async fn run_controllers(client: Client, root_ca: Arc<Option<String>>, mut s
     set.spawn(named("endpoints", endpoints::run(client.clone())));
     set.spawn(named("job", job::run(client.clone())));
     set.spawn(named("ttl-after-finished", ttl::run(client.clone())));
+    set.spawn(named("cronjob", cronjob::run(client.clone())));
     let result = tokio::select! {
         r = stop.wait_for(|lost| *lost) => {
             // An Err means the sender is gone, which also ends our term.
