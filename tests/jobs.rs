@@ -113,6 +113,16 @@ fn event_messages(c: &Cluster, ns: &str) -> String {
     c.kubectl_ok(&["get", "events", "-n", ns, "-o", "jsonpath={range .items[*]}{.reason}: {.message}{\"\\n\"}{end}"])
 }
 
+/// `kubectl wait --for=condition=<cond> job/<name>`; on a timeout, shows the Job and its pods.
+fn wait_job(c: &Cluster, cond: &str, name: &str, secs: u64) {
+    let out = c.kubectl(&["wait", &format!("--for=condition={cond}"), &format!("job/{name}"), &format!("--timeout={secs}s")]);
+    if !out.status.success() {
+        let job = String::from_utf8_lossy(&c.kubectl(&["get", "job", name, "-o", "yaml"]).stdout).into_owned();
+        let pods = String::from_utf8_lossy(&c.kubectl(&["get", "pods", "-l", &format!("job-name={name}"), "-o", "yaml"]).stdout).into_owned();
+        panic!("job {name} not {cond}: {}\n{job}\n{pods}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
 fn job_yaml(name: &str, spec: &str, pod_spec: &str) -> String {
     format!("apiVersion: batch/v1\nkind: Job\nmetadata: {{name: {name}}}\nspec:\n{spec}  template:\n    spec:\n      restartPolicy: Never\n{pod_spec}      containers:\n      - {{name: c, image: busybox}}\n")
 }
@@ -150,7 +160,7 @@ fn jobs_complete_with_bounded_parallelism_suspend_and_expire_after_their_ttl() {
 
     // completions 3, parallelism 2: never more than 2 at once; Complete; each pod counted once.
     c.kubectl_ok(&["create", "-f", &c.file("work.yaml", &job_yaml("work", "  completions: 3\n  parallelism: 2\n", ""))]);
-    c.kubectl_ok(&["wait", "--for=condition=complete", "job/work", "--timeout=60s"]);
+    wait_job(&c, "complete", "work", 60);
     stop.store(true, Ordering::Relaxed);
     watcher.join().expect("watcher");
     let job = json(&c, &["get", "job", "work"]);
@@ -190,13 +200,13 @@ fn jobs_complete_with_bounded_parallelism_suspend_and_expire_after_their_ttl() {
     assert_eq!(items(&json(&c, &["get", "pods", "-l", "job-name=later"])).len(), 0);
     assert!(json(&c, &["get", "job", "later"])["status"]["startTime"].is_null());
     c.kubectl_ok(&["patch", "job", "later", "--type=merge", "-p", r#"{"spec":{"suspend":false}}"#]);
-    c.kubectl_ok(&["wait", "--for=condition=complete", "job/later", "--timeout=30s"]);
+    wait_job(&c, "complete", "later", 30);
     let events = event_messages(&c, "default");
     assert!(events.contains("Suspended: Job suspended") && events.contains("Resumed: Job resumed"), "{events}");
 
     // ttlSecondsAfterFinished: the Job and its pods go once it has finished.
     c.kubectl_ok(&["create", "-f", &c.file("short.yaml", &job_yaml("short", "  ttlSecondsAfterFinished: 2\n", ""))]);
-    c.kubectl_ok(&["wait", "--for=condition=complete", "job/short", "--timeout=30s"]);
+    wait_job(&c, "complete", "short", 30);
     let finished = Instant::now();
     eventually("job short deleted with its pods", Duration::from_secs(30), || {
         let gone = !c.kubectl(&["get", "job", "short"]).status.success();
@@ -225,7 +235,7 @@ fn failed_pods_back_off_until_the_limit_and_deadlines_end_jobs() {
     let nowhere = "      nodeSelector: {nowhere: \"true\"}\n";
     c.kubectl_ok(&["create", "-f", &c.file("slow.yaml", &job_yaml("slow", "  parallelism: 2\n  completions: 4\n  activeDeadlineSeconds: 4\n", nowhere))]);
 
-    c.kubectl_ok(&["wait", "--for=condition=failed", "job/slow", "--timeout=40s"]);
+    wait_job(&c, "failed", "slow", 40);
     let slow = json(&c, &["get", "job", "slow"]);
     assert_eq!(condition(&slow, "Failed").unwrap()["reason"], "DeadlineExceeded", "{}", slow["status"]);
     assert_eq!(condition(&slow, "FailureTarget").unwrap()["reason"], "DeadlineExceeded");
@@ -235,7 +245,7 @@ fn failed_pods_back_off_until_the_limit_and_deadlines_end_jobs() {
         if n == 0 { Ok(()) } else { Err(format!("{n} pods")) }
     });
 
-    c.kubectl_ok(&["wait", "--for=condition=failed", "job/flaky", "--timeout=50s"]);
+    wait_job(&c, "failed", "flaky", 50);
     let flaky = json(&c, &["get", "job", "flaky"]);
     let failed = condition(&flaky, "Failed").expect("Failed");
     assert_eq!((failed["reason"].as_str(), failed["message"].as_str()), (Some("BackoffLimitExceeded"), Some("Job has reached the specified backoff limit")));

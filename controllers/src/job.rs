@@ -432,8 +432,9 @@ async fn remove_finalizer(api: &Api<Pod>, pod: &Pod) -> bool {
     match api.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await {
         Ok(_) => true,
         Err(e) if crate::util::is_not_found(&e) => true,
+        Err(e) if crate::util::is_status(&e, 409) => false,
         Err(e) => {
-            tracing::debug!(pod = %pod.name_any(), error = %e, "removing the job-tracking finalizer failed");
+            tracing::warn!(pod = %pod.name_any(), error = %e, "removing the job-tracking finalizer failed");
             false
         }
     }
@@ -452,6 +453,13 @@ pub fn pod_from_template(job: &Job) -> anyhow::Result<Pod> {
     }
     let mut finalizers = tm.finalizers.unwrap_or_default();
     finalizers.push(TRACKING_FINALIZER.to_string());
+    // Explicitly no init containers: the API server's admission otherwise stores
+    // `initContainers: null`, and then refuses every later metadata patch of the pod (the one
+    // that removes our finalizer) as a change of its spec.
+    let mut spec = template.spec;
+    if let Some(s) = spec.as_mut() {
+        s.init_containers.get_or_insert_with(Vec::new);
+    }
     Ok(Pod {
         metadata: ObjectMeta {
             generate_name: Some(format!("{name}-")),
@@ -462,7 +470,7 @@ pub fn pod_from_template(job: &Job) -> anyhow::Result<Pod> {
             owner_references: Some(vec![owner_ref(job).context("Job without name or uid")?]),
             ..Default::default()
         },
-        spec: template.spec,
+        spec,
         status: None,
     })
 }
