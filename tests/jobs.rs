@@ -43,8 +43,12 @@ struct FakeKubelet(Arc<AtomicBool>);
 
 impl FakeKubelet {
     fn start(c: &Cluster, name: &str, decide: impl Fn(&Value) -> Option<Value> + Send + 'static) -> FakeKubelet {
+        Self::start_at(c, "n1", name, decide)
+    }
+
+    fn start_at(c: &Cluster, replica: &str, name: &str, decide: impl Fn(&Value) -> Option<Value> + Send + 'static) -> FakeKubelet {
         let stop = Arc::new(AtomicBool::new(false));
-        let (kubeconfig, cache, flag) = (c.path().join("n1").join("kubeconfig"), c.path().join("kcache").join(name), stop.clone());
+        let (kubeconfig, cache, flag) = (c.path().join(replica).join("kubeconfig"), c.path().join("kcache").join(name), stop.clone());
         std::thread::spawn(move || {
             let kubectl = |args: &[&str]| std::process::Command::new("kubectl").arg("--kubeconfig").arg(&kubeconfig).arg("--cache-dir").arg(&cache).args(args).output();
             while !flag.load(Ordering::Relaxed) {
@@ -216,6 +220,64 @@ fn jobs_complete_with_bounded_parallelism_suspend_and_expire_after_their_ttl() {
     assert!(finished.elapsed() >= Duration::from_secs(1), "deleted before its TTL");
     // The others have no TTL and stay.
     c.kubectl_ok(&["get", "job", "work", "later"]);
+}
+
+const FAST_ELECTION: &[&str] = &["--leader-elect-lease-duration", "2", "--leader-elect-renew-deadline", "1.5", "--leader-elect-retry-period", "0.3"];
+
+fn fake_node(c: &Cluster, replica: &str, name: &str) {
+    let node = format!("apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels: {{{name}: \"yes\"}}\nspec:\n  taints: [{{key: {name}, value: \"yes\", effect: NoSchedule}}]\nstatus:\n  allocatable: {{cpu: \"4\", memory: 8Gi, pods: \"110\"}}\n  capacity: {{cpu: \"4\", memory: 8Gi, pods: \"110\"}}\n  conditions: [{{type: Ready, status: \"True\"}}]\n");
+    let out = c.kubectl_at(replica, &["create", "-f", &c.file(&format!("{name}.yaml"), &node)]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn pinned(node: &str) -> String {
+    format!("      nodeSelector: {{{node}: \"yes\"}}\n      tolerations: [{{key: {node}, operator: Equal, value: \"yes\", effect: NoSchedule}}]\n")
+}
+
+/// The controller manager's replica dies while a Job runs; its successor finishes the Job and
+/// every pod is counted exactly once (the tracking finalizer and uncountedTerminatedPods).
+#[test]
+fn a_job_survives_controller_manager_failover_counting_each_pod_once() {
+    let c = Cluster::up(3, FAST_ELECTION);
+    c.wait_api();
+    let holder = |replica: &str| String::from_utf8_lossy(&c.kubectl_at(replica, &["get", "lease", "kuberaft-controller-manager", "-n", "kube-system", "-o", "jsonpath={.spec.holderIdentity}"]).stdout).trim().to_string();
+    let victim = eventually("a controller-manager leader", Duration::from_secs(30), || {
+        let h = holder("n1");
+        if h.is_empty() { Err("none".into()) } else { Ok(h) }
+    });
+    let survivor = ["n1", "n2", "n3"].into_iter().find(|n| *n != victim).expect("survivor").to_string();
+    let k = |args: &[&str]| {
+        let out = c.kubectl_at(&survivor, args);
+        assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    fake_node(&c, &survivor, "slow");
+    // Pods on `slow` run for 1.5 s, then succeed.
+    let started = std::sync::Mutex::new(std::collections::HashMap::<String, Instant>::new());
+    let _kubelet = FakeKubelet::start_at(&c, &survivor, "slow", move |p| {
+        if p["spec"]["nodeName"] != "slow" || matches!(phase(p), "Succeeded" | "Failed") {
+            return None;
+        }
+        let mut seen = started.lock().unwrap();
+        let t = *seen.entry(p["metadata"]["uid"].as_str().unwrap_or_default().to_string()).or_insert_with(Instant::now);
+        if t.elapsed() >= Duration::from_millis(1500) { Some(finished_status(true)) } else if phase(p) == "Pending" { Some(serde_json::json!({"phase": "Running"})) } else { None }
+    });
+    k(&["create", "-f", &c.file("steady.yaml", &job_yaml("steady", "  completions: 10\n  parallelism: 3\n", &pinned("slow")))]);
+    eventually("3 pods counted", Duration::from_secs(40), || {
+        let n = k(&["get", "job", "steady", "-o", "jsonpath={.status.succeeded}"]).trim().parse::<i64>().unwrap_or(0);
+        if n >= 3 { Ok(()) } else { Err(format!("{n}")) }
+    });
+    c.script_ok(&["kill", &victim]);
+    let out = c.kubectl_at(&survivor, &["wait", "--for=condition=complete", "job/steady", "--timeout=60s"]);
+    let job: Value = serde_json::from_str(&k(&["get", "job", "steady", "-o", "json"])).expect("job json");
+    assert!(out.status.success(), "{}", job["status"]);
+    assert_ne!(holder(&survivor), victim);
+    let pods: Value = serde_json::from_str(&k(&["get", "pods", "-l", "job-name=steady", "-o", "json"])).expect("pods json");
+    let pods = items(&pods);
+    let succeeded = pods.iter().filter(|p| phase(p) == "Succeeded").count() as i64;
+    assert_eq!((job["status"]["succeeded"].as_i64(), job["status"]["failed"].as_i64().unwrap_or(0)), (Some(10), 0), "{}", job["status"]);
+    assert_eq!(succeeded, 10, "{} pods, {succeeded} succeeded", pods.len());
+    assert!(pods.iter().all(|p| p["metadata"]["finalizers"].as_array().is_none_or(|f| f.is_empty())));
 }
 
 #[test]
