@@ -194,6 +194,18 @@ fn jobs_complete_with_bounded_parallelism_suspend_and_expire_after_their_ttl() {
     let events = event_messages(&c, "default");
     assert!(events.contains("SuccessfulCreate: Created pod: work-") && events.contains("Completed: Job completed"), "{events}");
 
+    // Indexed: one pod per index, each with its index and hostname; completedIndexes.
+    c.kubectl_ok(&["create", "-f", &c.file("ix.yaml", &job_yaml("ix", "  completionMode: Indexed\n  completions: 3\n  parallelism: 3\n", ""))]);
+    wait_job(&c, "complete", "ix", 40);
+    let ix = json(&c, &["get", "job", "ix"]);
+    assert_eq!((ix["status"]["completedIndexes"].as_str(), ix["status"]["succeeded"].as_i64()), (Some("0-2"), Some(3)), "{}", ix["status"]);
+    let mut indexes: Vec<(String, String)> = items(&json(&c, &["get", "pods", "-l", "job-name=ix"]))
+        .iter()
+        .map(|p| (p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"].as_str().unwrap_or_default().to_string(), p["spec"]["hostname"].as_str().unwrap_or_default().to_string()))
+        .collect();
+    indexes.sort();
+    assert_eq!(indexes, [("0", "ix-0"), ("1", "ix-1"), ("2", "ix-2")].map(|(a, b)| (a.to_string(), b.to_string())));
+
     // Suspended: no pods until resumed; then it runs to completion.
     c.kubectl_ok(&["create", "-f", &c.file("later.yaml", &job_yaml("later", "  suspend: true\n", ""))]);
     eventually("Suspended condition", Duration::from_secs(20), || {
@@ -432,18 +444,26 @@ fn cronjobs_follow_their_schedule_concurrency_policy_history_limits_and_suspend(
         assert_eq!(j["metadata"]["ownerReferences"][0]["controller"], true);
     }
 
-    // History limits: at most 2 complete and 1 failed Job are kept.
-    eventually("history trimmed to the limits", Duration::from_secs(30), || {
+    // History limits: once enough ran (then suspended, so that none is still running), 2
+    // complete and 1 failed Job are kept.
+    eventually("4 hist and 2 failing jobs started", Duration::from_secs(40), || {
+        let created = event_messages(&c, "default");
+        let count = |p: &str| created.lines().filter(|l| l.starts_with(&format!("SuccessfulCreate: Created job {p}-"))).count();
+        if count("hist") >= 4 && count("failing") >= 2 { Ok(()) } else { Err(format!("hist {}, failing {}", count("hist"), count("failing"))) }
+    });
+    for cj in ["hist", "failing"] {
+        c.kubectl_ok(&["patch", "cronjob", cj, "--type=merge", "-p", r#"{"spec":{"suspend":true}}"#]);
+    }
+    eventually("history trimmed to the limits", Duration::from_secs(40), || {
         let hist = jobs_of(&c, "hist");
         let failing = jobs_of(&c, "failing");
-        let created = event_messages(&c, "default");
-        let hist_created = created.lines().filter(|l| l.starts_with("SuccessfulCreate: Created job hist-")).count();
+        let events = event_messages(&c, "default");
         let done_hist = hist.iter().filter(|j| condition(j, "Complete").is_some()).count();
         let done_fail = failing.iter().filter(|j| condition(j, "Failed").is_some()).count();
-        if hist_created >= 4 && hist.len() <= 3 && done_hist == 2 && done_fail == 1 && failing.len() <= 2 && created.contains("SuccessfulDelete: Deleted job hist-") && created.contains("SuccessfulDelete: Deleted job failing-") {
+        if (hist.len(), done_hist, failing.len(), done_fail) == (2, 2, 1, 1) && events.contains("SuccessfulDelete: Deleted job hist-") && events.contains("SuccessfulDelete: Deleted job failing-") {
             Ok(())
         } else {
-            Err(format!("hist {:?} (created {hist_created}), failing {:?}", names(&hist), names(&failing)))
+            Err(format!("hist {:?} ({done_hist} complete), failing {:?} ({done_fail} failed)", names(&hist), names(&failing)))
         }
     });
     let hist_cj = json(&c, &["get", "cronjob", "hist"]);

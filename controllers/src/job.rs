@@ -20,7 +20,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use futures::future::join_all;
 use k8s_openapi::api::batch::v1::{Job, JobCondition, JobSpec, JobStatus, UncountedTerminatedPods};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
@@ -34,6 +34,7 @@ const COMPONENT: &str = "job-controller";
 pub const TRACKING_FINALIZER: &str = "batch.kubernetes.io/job-tracking";
 pub const CONTROLLER_UID: &str = "batch.kubernetes.io/controller-uid";
 pub const JOB_NAME: &str = "batch.kubernetes.io/job-name";
+pub const COMPLETION_INDEX: &str = "batch.kubernetes.io/job-completion-index";
 const LEGACY_CONTROLLER_UID: &str = "controller-uid";
 const LEGACY_JOB_NAME: &str = "job-name";
 /// Upstream's pod-failure backoff: 10 s, doubling per failure since the last success, capped.
@@ -144,6 +145,65 @@ pub fn want_active(spec: &JobSpec, succeeded: i64, active: i64) -> i64 {
     }
 }
 
+/// A pod's completion index (Indexed Jobs), from its annotation.
+pub fn completion_index(pod: &Pod) -> Option<u32> {
+    pod.annotations().get(COMPLETION_INDEX)?.parse().ok()
+}
+
+/// `status.completedIndexes` ("1,3-5,7") as a set, ignoring anything malformed or out of range.
+pub fn parse_indexes(s: &str, completions: u32) -> BTreeSet<u32> {
+    let mut out = BTreeSet::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (lo, hi) = match part.split_once('-') {
+            Some((a, b)) => (a.parse::<u32>(), b.parse::<u32>()),
+            None => (part.parse::<u32>(), part.parse::<u32>()),
+        };
+        if let (Ok(lo), Ok(hi)) = (lo, hi) {
+            out.extend((lo..=hi.min(completions.saturating_sub(1))).take(completions as usize));
+        }
+    }
+    out
+}
+
+/// The inverse of parse_indexes: ascending, runs of consecutive indexes as ranges.
+pub fn format_indexes(set: &BTreeSet<u32>) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut iter = set.iter().copied().peekable();
+    while let Some(lo) = iter.next() {
+        let mut hi = lo;
+        while iter.peek() == Some(&(hi + 1)) {
+            hi += 1;
+            iter.next();
+        }
+        parts.push(if hi == lo { lo.to_string() } else { format!("{lo}-{hi}") });
+    }
+    parts.join(",")
+}
+
+/// Indexed Jobs: which active pods to delete (no or a bad index, an index already completed or
+/// already running, or beyond `parallelism`, highest first) and which indexes to start (lowest
+/// missing first, up to `parallelism` running).
+pub fn plan_indexed<'a>(active: &[&'a Pod], completed: &BTreeSet<u32>, completions: u32, parallelism: usize) -> (Vec<&'a Pod>, Vec<Option<u32>>) {
+    let mut victims = Vec::new();
+    let mut running: BTreeMap<u32, &'a Pod> = BTreeMap::new();
+    for p in active {
+        match completion_index(p).filter(|ix| *ix < completions && !completed.contains(ix)) {
+            Some(ix) if !running.contains_key(&ix) => {
+                running.insert(ix, p);
+            }
+            _ => victims.push(*p),
+        }
+    }
+    while running.len() > parallelism {
+        if let Some((_, p)) = running.pop_last() {
+            victims.push(p);
+        }
+    }
+    let room = parallelism - running.len();
+    let start = (0..completions).filter(|ix| !completed.contains(ix) && !running.contains_key(ix)).take(room).map(Some).collect();
+    (victims, start)
+}
+
 /// The restart count that `backoffLimit` bounds for restartPolicy OnFailure (upstream
 /// pastBackoffLimitOnFailure).
 fn past_backoff_limit_on_failure(spec: &JobSpec, pods: &[&Pod]) -> bool {
@@ -240,9 +300,21 @@ async fn sync(job: &Job, client: &Client) -> anyhow::Result<Action> {
     let uncounted = status.uncounted_terminated_pods.get_or_insert_with(UncountedTerminatedPods::default);
     let mut unc_s: BTreeSet<String> = uncounted.succeeded.clone().unwrap_or_default().into_iter().collect();
     let mut unc_f: BTreeSet<String> = uncounted.failed.clone().unwrap_or_default().into_iter().collect();
+    // Indexed: a succeeded pod is counted by its index in completedIndexes instead (a second
+    // success of the same index counts nothing), written before its finalizer goes.
+    let indexed = spec.completion_mode.as_deref() == Some("Indexed");
+    let completions = spec.completions.unwrap_or(0).max(0) as u32;
+    let mut completed = parse_indexes(old.completed_indexes.as_deref().unwrap_or(""), completions);
+    let mut indexed_done: Vec<&Pod> = Vec::new();
     for p in pods.iter().filter(|p| has_finalizer(p)) {
         let puid = p.metadata.uid.clone().unwrap_or_default();
         match pod_state(p) {
+            PodState::Succeeded if indexed && !unc_f.contains(&puid) => {
+                if let Some(ix) = completion_index(p).filter(|i| *i < completions) {
+                    completed.insert(ix);
+                }
+                indexed_done.push(p);
+            }
             PodState::Succeeded if !unc_f.contains(&puid) => {
                 unc_s.insert(puid);
             }
@@ -252,7 +324,11 @@ async fn sync(job: &Job, client: &Client) -> anyhow::Result<Action> {
             _ => {}
         }
     }
-    let succeeded = i64::from(old.succeeded.unwrap_or(0)) + unc_s.len() as i64;
+    let succeeded = if indexed { completed.len() as i64 } else { i64::from(old.succeeded.unwrap_or(0)) + unc_s.len() as i64 };
+    if indexed {
+        status.completed_indexes = Some(format_indexes(&completed));
+        status.succeeded = Some(completed.len() as i32);
+    }
     let failed = i64::from(old.failed.unwrap_or(0)) + unc_f.len() as i64;
     let active: Vec<&Pod> = pods.iter().filter(|p| pod_state(p) == PodState::Active).collect();
 
@@ -305,12 +381,20 @@ async fn sync(job: &Job, client: &Client) -> anyhow::Result<Action> {
     // 4. Pods: create what is missing (after the failure backoff), delete what is too many.
     let mut deleted: BTreeSet<String> = BTreeSet::new();
     let mut created = 0usize;
-    let want = if target.is_some() || suspended { 0 } else { want_active(spec, succeeded, active.len() as i64) };
-    let have = active.len() as i64;
-    if have > want {
+    let stopping = target.is_some() || suspended;
+    let (victims, to_create): (Vec<&Pod>, Vec<Option<u32>>) = if indexed {
+        let parallelism = spec.parallelism.unwrap_or(1).max(0) as usize;
+        plan_indexed(&active, &completed, completions, if stopping { 0 } else { parallelism })
+    } else {
+        let want = if stopping { 0 } else { want_active(spec, succeeded, active.len() as i64) };
+        let have = active.len() as i64;
         let mut victims = active.clone();
         crate::replicaset::rank_for_deletion(&mut victims);
-        for p in victims.into_iter().take((have - want) as usize) {
+        victims.truncate((have - want).max(0) as usize);
+        (victims, vec![None; (want - have).max(0) as usize])
+    };
+    if !victims.is_empty() {
+        for p in victims {
             let pname = p.name_any();
             match pods_api.delete(&pname, &DeleteParams::default()).await {
                 Ok(_) => {
@@ -323,15 +407,14 @@ async fn sync(job: &Job, client: &Client) -> anyhow::Result<Action> {
                 Err(e) => tracing::warn!(pod = %pname, namespace = %ns, error = %e, "deleting pod failed"),
             }
         }
-    } else if have < want {
+    } else if !to_create.is_empty() {
         let wait = backoff_remaining(&pods, now);
         if wait > 0 {
             requeue = Some(requeue.map_or(wait, |r| r.min(wait)));
         } else {
-            let template = pod_from_template(job)?;
-            let n = ((want - have) as usize).min(MAX_BATCH);
+            let templates = to_create.iter().take(MAX_BATCH).map(|ix| pod_from_template(job, *ix)).collect::<anyhow::Result<Vec<Pod>>>()?;
             let pp = PostParams::default();
-            for r in join_all((0..n).map(|_| pods_api.create(&pp, &template))).await {
+            for r in join_all(templates.iter().map(|t| pods_api.create(&pp, t))).await {
                 match r {
                     Ok(p) => {
                         created += 1;
@@ -362,6 +445,9 @@ async fn sync(job: &Job, client: &Client) -> anyhow::Result<Action> {
     let mut retry = false;
     let mut released: BTreeSet<String> = BTreeSet::new();
     let listed_uids: BTreeMap<String, &Pod> = pods.iter().map(|p| (p.metadata.uid.clone().unwrap_or_default(), p)).collect();
+    for p in indexed_done {
+        retry |= !remove_finalizer(&pods_api, p).await;
+    }
     for uid in unc_s.iter().chain(unc_f.iter()) {
         match listed_uids.get(uid) {
             None => {
@@ -383,7 +469,7 @@ async fn sync(job: &Job, client: &Client) -> anyhow::Result<Action> {
     unc_s.retain(|u| !released.contains(u));
     unc_f.retain(|u| !released.contains(u));
     status.uncounted_terminated_pods = Some(UncountedTerminatedPods { succeeded: Some(unc_s.iter().cloned().collect()), failed: Some(unc_f.iter().cloned().collect()) });
-    let lingering = pods.iter().any(|p| pod_state(p) == PodState::Active && !deleted.contains(&p.name_any())) || !deleted.is_empty() || created > 0;
+    let lingering = pods.iter().any(|p| pod_state(p) == PodState::Active && !deleted.contains(&p.name_any())) || !deleted.is_empty() || created > 0 || retry;
     if let Some(t) = &target {
         if unc_s.is_empty() && unc_f.is_empty() && !lingering {
             let end = Time(jiff::Timestamp::now());
@@ -442,7 +528,7 @@ async fn remove_finalizer(api: &Api<Pod>, pod: &Pod) -> bool {
 
 /// The pod a Job runs: its template, labelled with the Job's uid and name (both the
 /// `batch.kubernetes.io/` labels and the legacy ones), owned by the Job, tracked by finalizer.
-pub fn pod_from_template(job: &Job) -> anyhow::Result<Pod> {
+pub fn pod_from_template(job: &Job, index: Option<u32>) -> anyhow::Result<Pod> {
     let template = job.spec.as_ref().map(|s| s.template.clone()).context("Job without spec")?;
     let tm = template.metadata.unwrap_or_default();
     let uid = job.metadata.uid.clone().context("Job without uid")?;
@@ -460,12 +546,36 @@ pub fn pod_from_template(job: &Job) -> anyhow::Result<Pod> {
     if let Some(s) = spec.as_mut() {
         s.init_containers.get_or_insert_with(Vec::new);
     }
+    let mut annotations = tm.annotations;
+    let mut generate_name = format!("{name}-");
+    if let Some(ix) = index {
+        // Indexed: the index in an annotation and a label, the hostname <job>-<index>, and
+        // $JOB_COMPLETION_INDEX from the annotation in every container.
+        annotations.get_or_insert_with(Default::default).insert(COMPLETION_INDEX.into(), ix.to_string());
+        labels.insert(COMPLETION_INDEX.into(), ix.to_string());
+        generate_name = format!("{name}-{ix}-");
+        if let Some(s) = spec.as_mut() {
+            if s.hostname.as_deref().unwrap_or("").is_empty() {
+                s.hostname = Some(format!("{name}-{ix}"));
+            }
+            for c in s.init_containers.iter_mut().flatten().chain(s.containers.iter_mut()) {
+                let env = c.env.get_or_insert_with(Vec::new);
+                if !env.iter().any(|e| e.name == "JOB_COMPLETION_INDEX") {
+                    env.push(EnvVar {
+                        name: "JOB_COMPLETION_INDEX".into(),
+                        value_from: Some(EnvVarSource { field_ref: Some(ObjectFieldSelector { field_path: format!("metadata.annotations['{COMPLETION_INDEX}']"), api_version: None }), ..Default::default() }),
+                        value: None,
+                    });
+                }
+            }
+        }
+    }
     Ok(Pod {
         metadata: ObjectMeta {
-            generate_name: Some(format!("{name}-")),
+            generate_name: Some(generate_name),
             namespace: job.namespace(),
             labels: Some(labels),
-            annotations: tm.annotations,
+            annotations,
             finalizers: Some(finalizers),
             owner_references: Some(vec![owner_ref(job).context("Job without name or uid")?]),
             ..Default::default()
@@ -559,6 +669,56 @@ mod tests {
         // Work queue: parallelism until the first success, then only those still running.
         assert_eq!(want_active(&spec(None, 4), 0, 1), 4);
         assert_eq!(want_active(&spec(None, 4), 1, 2), 2);
+    }
+
+    #[test]
+    fn completed_indexes_round_trip_as_ranges() {
+        let set = parse_indexes("0,2-4,7, 9-8,x,1-2", 8);
+        assert_eq!(set.iter().copied().collect::<Vec<_>>(), [0, 1, 2, 3, 4, 7]);
+        assert_eq!(format_indexes(&set), "0-4,7");
+        assert_eq!(format_indexes(&BTreeSet::new()), "");
+        assert!(parse_indexes("0-4294967295", 0).is_empty());
+    }
+
+    #[test]
+    fn indexed_jobs_start_the_lowest_missing_indexes_and_drop_duplicates() {
+        let mk = |ix: Option<&str>, name: &str| {
+            let mut p = finished_pod("Running", 0);
+            p.metadata.name = Some(name.into());
+            p.metadata.annotations = ix.map(|i| [(COMPLETION_INDEX.to_string(), i.to_string())].into());
+            p
+        };
+        let pods = [mk(Some("1"), "a"), mk(Some("1"), "b"), mk(Some("0"), "done"), mk(None, "none"), mk(Some("9"), "far")];
+        let active: Vec<&Pod> = pods.iter().collect();
+        let completed: BTreeSet<u32> = [0].into();
+        let (victims, start) = plan_indexed(&active, &completed, 4, 2);
+        let names: Vec<String> = victims.iter().map(|p| p.name_any()).collect();
+        assert_eq!(names, ["b", "done", "none", "far"]);
+        assert_eq!(start, [Some(2)]);
+        // Over parallelism: the highest running index goes.
+        let pods = [mk(Some("3"), "c"), mk(Some("2"), "d")];
+        let active: Vec<&Pod> = pods.iter().collect();
+        let (victims, start) = plan_indexed(&active, &BTreeSet::new(), 4, 1);
+        assert_eq!((victims[0].name_any(), start.len()), ("c".to_string(), 0));
+    }
+
+    #[test]
+    fn indexed_pods_carry_their_index() {
+        let job: Job = serde_json::from_value(json!({
+            "metadata": {"name": "ix", "namespace": "default", "uid": "u1"},
+            "spec": {"completionMode": "Indexed", "completions": 3, "template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox"}]}}}
+        }))
+        .unwrap();
+        let p = pod_from_template(&job, Some(2)).unwrap();
+        assert_eq!(p.metadata.generate_name.as_deref(), Some("ix-2-"));
+        assert_eq!(p.annotations().get(COMPLETION_INDEX).map(String::as_str), Some("2"));
+        assert_eq!(p.labels().get(COMPLETION_INDEX).map(String::as_str), Some("2"));
+        assert_eq!(p.labels().get(JOB_NAME).map(String::as_str), Some("ix"));
+        let spec = p.spec.unwrap();
+        assert_eq!(spec.hostname.as_deref(), Some("ix-2"));
+        assert_eq!(spec.containers[0].env.as_ref().unwrap()[0].name, "JOB_COMPLETION_INDEX");
+        assert_eq!(p.metadata.finalizers.unwrap(), [TRACKING_FINALIZER]);
+        assert_eq!(p.metadata.owner_references.unwrap()[0].controller, Some(true));
     }
 
     #[test]
