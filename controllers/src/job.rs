@@ -334,6 +334,10 @@ async fn sync(job: &Job, client: &Client) -> anyhow::Result<Action> {
 
     // 2. Decide whether the Job has reached its end.
     let suspended = spec.suspend == Some(true);
+    // Running for the first time, or resumed: the activeDeadlineSeconds timer starts now.
+    if !suspended && (status.start_time.is_none() || condition(&status, "Suspended").is_some()) {
+        status.start_time = Some(now_t.clone());
+    }
     let backoff_limit = i64::from(spec.backoff_limit.unwrap_or(6));
     let deadline = match (spec.active_deadline_seconds, &status.start_time) {
         (Some(ads), Some(start)) if !suspended => Some(start.0.as_second().saturating_add(ads)),
@@ -366,9 +370,6 @@ async fn sync(job: &Job, client: &Client) -> anyhow::Result<Action> {
             if condition(&status, "Suspended").is_some() {
                 set_condition(&mut status, new_condition("Suspended", "False", "JobResumed", "Job resumed", &now_t));
                 events.push(("Normal", "Resumed", "Job resumed".into()));
-                status.start_time = Some(now_t.clone());
-            }
-            if status.start_time.is_none() {
                 status.start_time = Some(now_t.clone());
             }
             if let Some(ads) = spec.active_deadline_seconds {
