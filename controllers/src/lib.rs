@@ -1,8 +1,12 @@
-//! Kubernetes controllers (ReplicaSet, Deployment, Namespace, ServiceAccount, Endpoints and
-//! EndpointSlice, garbage collector) as API clients built on kube-runtime. They run only while
-//! this process holds the controller-manager Lease, through the fenced client that leader
-//! election hands out, so a deposed leader's late writes are refused by the API server.
+//! Kubernetes controllers (ReplicaSet, Deployment, DaemonSet, StatefulSet, Job, CronJob,
+//! TTL-after-finished, Endpoints and EndpointSlice, Namespace, ServiceAccount, garbage
+//! collector, node lifecycle, taint eviction, node IPAM, pod GC, PersistentVolume binder and
+//! provisioner, disruption budgets, ResourceQuota status) as API clients built on kube-runtime.
+//! They run only while this process holds the controller-manager Lease, through the fenced
+//! client that leader election hands out, so a deposed leader's late writes are refused by the
+//! API server.
 
+pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod disruption;
@@ -10,6 +14,7 @@ pub mod endpoints;
 pub mod events;
 pub mod gc;
 pub mod history;
+pub mod job;
 pub mod namespace;
 pub mod nodeipam;
 pub mod nodelifecycle;
@@ -19,6 +24,7 @@ pub mod resourcequota;
 pub mod serviceaccount;
 pub mod statefulset;
 pub mod taint;
+pub mod ttl;
 pub mod util;
 pub mod volume;
 
@@ -145,6 +151,9 @@ pub async fn run_controllers(client: Client, root_ca: Arc<Option<String>>, nodes
     set.spawn(named("podgc", podgc::run(client.clone(), nodes.clone())));
     set.spawn(named("daemonset", daemonset::run(client.clone())));
     set.spawn(named("statefulset", statefulset::run(client.clone())));
+    set.spawn(named("job", job::run(client.clone())));
+    set.spawn(named("ttl-after-finished", ttl::run(client.clone())));
+    set.spawn(named("cronjob", cronjob::run(client.clone())));
     let result = tokio::select! {
         r = stop.wait_for(|lost| *lost) => {
             // An Err means the sender is gone, which also ends our term.
