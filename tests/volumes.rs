@@ -81,7 +81,14 @@ fn claims_are_provisioned_on_the_pods_node_bound_and_reclaimed() {
         let ev = c.kubectl_ok(&["get", "events", "--field-selector", "involvedObject.name=data", "-o", "jsonpath={.items[*].reason}"]);
         if ev.contains("WaitForFirstConsumer") { Ok(()) } else { Err(ev) }
     });
-    std::thread::sleep(Duration::from_secs(1));
+    // Each look at the claim repeats the event: one Event object counts them.
+    c.kubectl_ok(&["annotate", "pvc", "data", "touch=1"]);
+    c.kubectl_ok(&["annotate", "pvc", "data", "touch=2", "--overwrite"]);
+    eventually("aggregated event", Duration::from_secs(20), || {
+        let ev = c.kubectl_ok(&["get", "events", "--field-selector", "involvedObject.name=data,reason=WaitForFirstConsumer", "-o", "jsonpath={.items[*].count}"]);
+        let counts: Vec<&str> = ev.split_whitespace().collect();
+        if counts.len() == 1 && counts[0].parse::<i32>().unwrap_or(0) >= 2 { Ok(()) } else { Err(ev) }
+    });
     assert_eq!(get_json(&c, &["get", "pvc", "data"]).expect("pvc")["status"]["phase"], "Pending", "no volume before a pod uses the claim");
 
     // A pod using it: the volume is made on the pod's node and bound.
@@ -130,4 +137,15 @@ fn claims_are_provisioned_on_the_pods_node_bound_and_reclaimed() {
         let out = c.kubectl(&["get", "pv", &pv_name]);
         if out.status.success() { Err(String::from_utf8_lossy(&out.stdout).into_owned()) } else { Ok(()) }
     });
+
+    // A StatefulSet's claims from volumeClaimTemplates are provisioned where its pods run.
+    let sts = "apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {name: db}\nspec:\n  replicas: 2\n  serviceName: db\n  selector: {matchLabels: {app: db}}\n  template:\n    metadata: {labels: {app: db}}\n    spec:\n      containers: [{name: c, image: busybox, volumeMounts: [{name: data, mountPath: /data}]}]\n  volumeClaimTemplates:\n  - metadata: {name: data}\n    spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 64Mi}}}\n";
+    c.kubectl_ok(&["apply", "-f", &c.file("db.yaml", sts)]);
+    c.kubectl_ok(&["rollout", "status", "sts/db", "--timeout=60s"]);
+    for i in 0..2 {
+        let claim = eventually("db claim bound", Duration::from_secs(20), || phase_is(&c, &["get", "pvc", &format!("data-db-{i}")], "Bound"));
+        let pv = get_json(&c, &["get", "pv", claim["spec"]["volumeName"].as_str().unwrap_or("")]).expect("pv");
+        let node = c.kubectl_ok(&["get", "pod", &format!("db-{i}"), "-o", "jsonpath={.spec.nodeName}"]);
+        assert_eq!(pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]["values"][0], node.as_str());
+    }
 }
