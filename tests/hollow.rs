@@ -125,6 +125,11 @@ fn hollow_nodes_register_heartbeat_and_run_pods() {
     c.kubectl_ok(&["delete", "pod", "x", "--timeout=20s"]);
     assert!(t.elapsed() < Duration::from_secs(10), "delete took {:?}", t.elapsed());
     assert!(!c.kubectl(&["get", "pod", "x"]).status.success());
+    // The node says so, as kubelet does.
+    let killing = c.kubectl_ok(&["get", "events", "--field-selector", "involvedObject.name=x,reason=Killing", "-o", "jsonpath={range .items[*]}{.message}|{.source.component}|{.source.host}{\"\\n\"}{end}"]);
+    let mut lines: Vec<&str> = killing.lines().collect();
+    lines.sort();
+    assert_eq!(lines, ["Stopping container c|kubelet|hollow-1", "Stopping container d|kubelet|hollow-1"], "{killing}");
 
     // A Job's pod completes. The Job exists (created suspended, so no Job controller runs
     // pods for it) so that the pod is not an orphan.

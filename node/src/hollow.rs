@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use futures::{future, FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, NodeStatus, Pod, PodStatus};
+use k8s_openapi::api::core::v1::{Event as CoreEvent, Node, NodeStatus, Pod, PodStatus};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{self, Action, Controller};
@@ -373,11 +373,28 @@ impl Hollow {
 
     /// Graceful deletion: our containers "stop" at once; report them terminated, then delete
     /// the pod with grace 0 (only the node may), guarded by its uid.
+    /// kubelet's "Killing" events, one per container it stops (best effort).
+    async fn killing_events(&self, pod: &Pod) {
+        let ns = pod.namespace().unwrap_or_default();
+        let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+        let api: Api<CoreEvent> = Api::namespaced(self.client.clone(), &ns);
+        for c in pod.spec.iter().flat_map(|s| s.containers.iter()) {
+            let now = Timestamp::now();
+            let ev = objects::pod_event(pod, "Normal", "Killing", &format!("Stopping container {}", c.name), node.as_deref(), now, &format!("spec.containers{{{}}}", c.name));
+            if let Err(e) = self.call(api.create(&PostParams::default(), &ev)).await {
+                debug!(pod = %pod.name_any(), error = %e, "could not record Killing event");
+            }
+        }
+    }
+
     async fn confirm_deletion(&self, api: &Api<Pod>, pod: &Pod, uid: &str) -> Result<()> {
         let name = pod.name_any();
         let succeeded = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded");
         let want = objects::finished_status(pod, if succeeded { 0 } else { SIGTERM_EXIT }, Timestamp::now());
         if !objects::status_conforms(pod, &want) {
+            if !succeeded {
+                self.killing_events(pod).await;
+            }
             self.write_pod_status(api, pod, &want).await?;
         }
         // Grace 0 already: the pod only waits for its finalizers.

@@ -4,10 +4,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::api::core::v1::{
-    ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStatus, DaemonEndpoint, HostIP, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec, NodeStatus,
-    NodeSystemInfo, Pod, PodCondition, PodIP, PodStatus, Taint,
-};
+use k8s_openapi::api::core::v1::{ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStatus, DaemonEndpoint, Event, EventSource, HostIP, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec, NodeStatus, NodeSystemInfo, ObjectReference, Pod, PodCondition, PodIP, PodStatus, Taint};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -159,6 +156,35 @@ pub fn lease_renew_patch(name: &str, now: Timestamp) -> Value {
 }
 
 // ----- pods -----
+
+/// An Event about `pod` from the kubelet on `node`, as `kubectl describe pod` lists them;
+/// `field_path` names the container (`spec.containers{NAME}`).
+pub fn pod_event(pod: &Pod, type_: &str, reason: &str, message: &str, node: Option<&str>, now: Timestamp, field_path: &str) -> Event {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let time = Time(now);
+    Event {
+        metadata: ObjectMeta { name: Some(format!("{name}.{:x}", now.as_nanosecond())), namespace: pod.metadata.namespace.clone(), ..Default::default() },
+        involved_object: ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            name: Some(name),
+            namespace: pod.metadata.namespace.clone(),
+            uid: pod.metadata.uid.clone(),
+            resource_version: pod.metadata.resource_version.clone(),
+            field_path: Some(field_path.to_string()),
+        },
+        reason: Some(reason.into()),
+        message: Some(message.into()),
+        type_: Some(type_.into()),
+        count: Some(1),
+        first_timestamp: Some(time.clone()),
+        last_timestamp: Some(time),
+        source: Some(EventSource { component: Some("kubelet".into()), host: node.map(str::to_string) }),
+        reporting_component: Some("kubelet".into()),
+        reporting_instance: node.map(str::to_string),
+        ..Default::default()
+    }
+}
 
 /// Job pods that may finish: they complete after a moment so Jobs can make progress.
 pub fn is_job_pod(pod: &Pod) -> bool {
