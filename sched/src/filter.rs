@@ -429,6 +429,15 @@ pub fn fit_error_message(num_nodes: usize, failures: &[Failure]) -> String {
     if num_nodes == 0 {
         return "no nodes available to schedule pods".into();
     }
+    fit_error_with(num_nodes, failures, None)
+}
+
+/// The FitError message with `preemption` as its second part (Some("") for none: preemption
+/// found victims), or the histogram of what preemption found per node (None).
+pub fn fit_error_with(num_nodes: usize, failures: &[Failure], preemption_msg: Option<&str>) -> String {
+    if num_nodes == 0 {
+        return "no nodes available to schedule pods".into();
+    }
     let histogram = |counts: HashMap<&str, usize>| {
         let mut parts: Vec<String> = counts.into_iter().map(|(r, n)| format!("{n} {r}")).collect();
         parts.sort();
@@ -443,11 +452,11 @@ pub fn fit_error_message(num_nodes: usize, failures: &[Failure]) -> String {
         let p = if f.unresolvable { "Preemption is not helpful for scheduling" } else { "No preemption victims found for incoming pod" };
         *preemption.entry(p).or_default() += 1;
     }
-    format!(
-        "0/{num_nodes} nodes are available: {}. preemption: 0/{num_nodes} nodes are available: {}.",
-        histogram(reasons),
-        histogram(preemption)
-    )
+    match preemption_msg {
+        Some("") => format!("0/{num_nodes} nodes are available: {}.", histogram(reasons)),
+        Some(p) => format!("0/{num_nodes} nodes are available: {}. preemption: {p}", histogram(reasons)),
+        None => format!("0/{num_nodes} nodes are available: {}. preemption: 0/{num_nodes} nodes are available: {}.", histogram(reasons), histogram(preemption)),
+    }
 }
 
 #[cfg(test)]

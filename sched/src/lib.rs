@@ -7,6 +7,7 @@ pub mod client;
 pub mod election;
 pub mod filter;
 mod interpod;
+mod preempt;
 pub mod quantity;
 mod scheduler;
 

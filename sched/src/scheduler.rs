@@ -24,7 +24,7 @@ use tokio::time::Instant;
 
 use crate::cache::{is_terminal, key, node_name, nodes_to_find, Cache};
 use crate::filter::{self, Failure, PodInfo};
-use crate::interpod;
+use crate::{interpod, preempt};
 
 pub const SCHEDULER_NAME: &str = "default-scheduler";
 
@@ -179,6 +179,8 @@ pub struct Scheduler {
     /// Where the next feasibility search starts (rotating, as upstream's nextStartNodeIndex).
     next_start: usize,
     events: Option<mpsc::Sender<EventReq>>,
+    /// Nodes nominated for preemptors (also written to their status.nominatedNodeName).
+    nominated: HashMap<String, String>,
     /// Re-lists in progress: the keys seen since the watch restarted.
     relist_pods: Option<HashSet<String>>,
     relist_nodes: Option<HashSet<String>>,
@@ -187,13 +189,22 @@ pub struct Scheduler {
 /// Chooses a node for `pod`: filters a rotating sample of the cache's nodes, scores the feasible
 /// ones with upstream's default weights, and returns the best (ties at random), or the fit
 /// error message. `start` is advanced past the nodes examined.
-pub(crate) fn choose(cache: &Cache, pod: &Pod, start: &mut usize) -> Result<String, String> {
+/// Why a pod fits nowhere: every node's failure, the nodes where preemption may help, and the
+/// pod's inter-pod state (for the preemption search).
+pub(crate) struct Unfit {
+    pub failures: Vec<Failure>,
+    pub resolvable: Vec<usize>,
+    pub prep: interpod::Prepared,
+}
+
+pub(crate) fn choose(cache: &Cache, pod: &Pod, start: &mut usize) -> Result<String, Unfit> {
     let info = PodInfo::of(pod);
     let prep = interpod::prepare(cache, pod);
     let n = cache.nodes.len();
     let want = nodes_to_find(cache.num_nodes());
     let mut feasible: Vec<usize> = Vec::with_capacity(want.min(n));
     let mut failures: Vec<Failure> = Vec::new();
+    let mut resolvable: Vec<usize> = Vec::new();
     let mut examined = 0;
     for off in 0..n {
         let i = (*start + off) % n;
@@ -207,14 +218,19 @@ pub(crate) fn choose(cache: &Cache, pod: &Pod, start: &mut usize) -> Result<Stri
                     break;
                 }
             }
-            Err(f) => failures.push(f),
+            Err(f) => {
+                if !f.unresolvable {
+                    resolvable.push(i);
+                }
+                failures.push(f)
+            }
         }
     }
     if n > 0 {
         *start = (*start + examined) % n;
     }
     if feasible.is_empty() {
-        return Err(filter::fit_error_message(cache.num_nodes(), &failures));
+        return Err(Unfit { failures, resolvable, prep });
     }
     if feasible.len() == 1 {
         return Ok(cache.nodes[feasible[0]].name.clone());
@@ -266,6 +282,7 @@ impl Scheduler {
             generation: 0,
             next_start: 0,
             events: None,
+            nominated: HashMap::new(),
             relist_pods: None,
             relist_nodes: None,
         }
@@ -440,6 +457,7 @@ impl Scheduler {
         } else {
             self.pending.remove(&k);
             self.unschedulable.remove(&k);
+            self.nominated.remove(&k);
         }
     }
 
@@ -449,6 +467,7 @@ impl Scheduler {
         }
         self.pending.remove(k);
         self.unschedulable.remove(k);
+        self.nominated.remove(k);
     }
 
     fn enqueue(&mut self, k: &str, pod: &Pod) {
@@ -544,8 +563,37 @@ impl Scheduler {
                     let _ = done.send(msg);
                 });
             }
-            Err(msg) => self.unschedulable_pod(pod, msg, permit, done),
+            Err(unfit) => {
+                let msg = self.postfilter(&pod, unfit);
+                self.unschedulable_pod(pod, msg, permit, done)
+            }
         }
+    }
+
+    /// Preemption for a pod that fits nowhere; returns the FailedScheduling message.
+    fn postfilter(&mut self, pod: &Arc<Pod>, unfit: Unfit) -> String {
+        let num = self.cache.num_nodes();
+        let k = key(pod);
+        if !preempt::may_preempt(pod) {
+            return filter::fit_error_with(num, &unfit.failures, Some("not eligible due to preemptionPolicy=Never."));
+        }
+        let nominated = self.nominated.get(&k).cloned().or_else(|| pod.status.as_ref().and_then(|s| s.nominated_node_name.clone()));
+        if nominated.as_deref().is_some_and(|n| preempt::waiting_for_victims(&self.cache, pod, n)) {
+            return filter::fit_error_with(num, &unfit.failures, Some("not eligible due to a terminating pod on the nominated node."));
+        }
+        let Some(c) = preempt::find(&self.cache, pod, &unfit.prep, &unfit.resolvable) else {
+            return filter::fit_error_message(num, &unfit.failures);
+        };
+        tracing::info!(pod = %k, node = %c.node, victims = c.victims.len(), "preempting");
+        self.nominated.insert(k, c.node.clone());
+        let (client, events) = (self.client.clone(), self.events.clone());
+        let pod = pod.clone();
+        tokio::spawn(async move {
+            if let Err(e) = preempt_victims(&client, &pod, &c, events).await {
+                tracing::warn!(error = %e, "preemption failed");
+            }
+        });
+        filter::fit_error_with(num, &unfit.failures, Some(""))
     }
 
     fn done(&mut self, d: Done) -> anyhow::Result<()> {
@@ -613,6 +661,39 @@ impl Scheduler {
             drop(permit);
         });
     }
+}
+
+/// Carries out a preemption: the preemptor's status.nominatedNodeName, then per victim a
+/// DisruptionTarget condition, its deletion and a Preempted event.
+async fn preempt_victims(client: &Client, pod: &Pod, c: &preempt::Candidate, events: Option<mpsc::Sender<EventReq>>) -> Result<(), kube::Error> {
+    let (ns, name) = (pod.metadata.namespace.as_deref().unwrap_or(""), pod.metadata.name.as_deref().unwrap_or(""));
+    let patch = json!({"status": {"nominatedNodeName": c.node}});
+    Api::<Pod>::namespaced(client.clone(), ns).patch_status(name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    let scheduler = pod.spec.as_ref().and_then(|s| s.scheduler_name.clone()).unwrap_or_else(|| SCHEDULER_NAME.to_string());
+    for v in &c.victims {
+        let (vns, vname) = (v.metadata.namespace.as_deref().unwrap_or(""), v.metadata.name.as_deref().unwrap_or(""));
+        let api: Api<Pod> = Api::namespaced(client.clone(), vns);
+        let cond = json!({"status": {"conditions": [{
+            "type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler",
+            "message": format!("{scheduler}: preempting to accommodate a higher priority pod"),
+            "lastTransitionTime": Time(Timestamp::now()),
+        }]}});
+        if let Err(e) = api.patch_status(vname, &PatchParams::default(), &Patch::Strategic(&cond)).await {
+            tracing::debug!(pod = vname, error = %e, "DisruptionTarget condition not written");
+        }
+        let mut dp = kube::api::DeleteParams::default();
+        dp.preconditions = Some(kube::api::Preconditions { uid: v.metadata.uid.clone(), resource_version: None });
+        match api.delete(vname, &dp).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => continue,
+            Err(e) => return Err(e),
+        }
+        if let Some(ev) = &events {
+            let message = format!("Preempted by pod {} on node {}", pod.metadata.uid.as_deref().unwrap_or(""), c.node);
+            let _ = ev.try_send(EventReq { pod: v.clone(), type_: "Normal", reason: "Preempted", action: "Preempting", message });
+        }
+    }
+    Ok(())
 }
 
 /// POST pods/NAME/binding, with the pod's UID as precondition.
@@ -716,7 +797,7 @@ mod tests {
         let c = cache(vec![node("a", json!({})), node("b", json!({"metadata": {"name": "b", "labels": {"disk": "ssd"}}}))]);
         let p = pod(json!({"affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 5, "preference": {"matchExpressions": [{"key": "disk", "operator": "In", "values": ["ssd"]}]}}]}}}));
         for _ in 0..10 {
-            assert_eq!(choose(&c, &p, &mut 0), Ok("b".to_string()));
+            assert_eq!(choose(&c, &p, &mut 0).ok().as_deref(), Some("b"));
         }
     }
 
@@ -724,7 +805,7 @@ mod tests {
     fn prefer_no_schedule_taints_are_avoided_unless_tolerated() {
         let c = cache(vec![node("a", json!({"spec": {"taints": [{"key": "k", "effect": "PreferNoSchedule"}]}})), node("b", json!({}))]);
         for _ in 0..10 {
-            assert_eq!(choose(&c, &pod(json!({})), &mut 0), Ok("b".to_string()));
+            assert_eq!(choose(&c, &pod(json!({})), &mut 0).ok().as_deref(), Some("b"));
         }
     }
 
@@ -734,14 +815,16 @@ mod tests {
         let mut big = pod(json!({"containers": [{"name": "c", "image": "x", "resources": {"requests": {"cpu": "3", "memory": "6Gi"}}}]}));
         big.metadata.name = Some("big".into());
         c.assume(Arc::new(big), "a");
-        assert_eq!(choose(&c, &pod(json!({})), &mut 0), Ok("b".to_string()));
-        // Neither fits 3.5 cpu now that 3 are assumed on a... b has room.
+        assert_eq!(choose(&c, &pod(json!({})), &mut 0).ok().as_deref(), Some("b"));
+        // 3.5 cpu fits only b now that 3 are assumed on a.
         let p = pod(json!({"containers": [{"name": "c", "image": "x", "resources": {"requests": {"cpu": "3500m"}}}]}));
-        assert_eq!(choose(&c, &p, &mut 0), Ok("b".to_string()));
+        assert_eq!(choose(&c, &p, &mut 0).ok().as_deref(), Some("b"));
         let p = pod(json!({"containers": [{"name": "c", "image": "x", "resources": {"requests": {"cpu": "5"}}}]}));
+        let unfit = choose(&c, &p, &mut 0).err().expect("unfit");
+        assert_eq!(unfit.resolvable, vec![0, 1]);
         assert_eq!(
-            choose(&c, &p, &mut 0),
-            Err("0/2 nodes are available: 2 Insufficient cpu. preemption: 0/2 nodes are available: 2 No preemption victims found for incoming pod.".to_string())
+            filter::fit_error_message(2, &unfit.failures),
+            "0/2 nodes are available: 2 Insufficient cpu. preemption: 0/2 nodes are available: 2 No preemption victims found for incoming pod."
         );
     }
 
@@ -749,12 +832,12 @@ mod tests {
     fn the_search_stops_after_enough_feasible_nodes_and_rotates() {
         let c = cache((0..1000).map(|i| node(&format!("n{i}"), json!({}))).collect());
         let mut start = 0;
-        choose(&c, &pod(json!({})), &mut start).expect("fits");
+        assert!(choose(&c, &pod(json!({})), &mut start).is_ok());
         // 1,000 nodes: 42% are searched, then the next search starts after them.
         assert_eq!(start, 420);
-        choose(&c, &pod(json!({})), &mut start).expect("fits");
+        assert!(choose(&c, &pod(json!({})), &mut start).is_ok());
         assert_eq!(start, 840);
-        choose(&c, &pod(json!({})), &mut start).expect("fits");
+        assert!(choose(&c, &pod(json!({})), &mut start).is_ok());
         assert_eq!(start, 260);
     }
 
