@@ -43,6 +43,8 @@ pub struct Cache {
     assumed: usize,
     /// Counted pods with required anti-affinity, and their nodes.
     anti: HashMap<String, String>,
+    /// Claims, volumes and storage classes, for volume binding.
+    pub volumes: crate::volume::Volumes,
     /// Namespace labels, for namespaceSelector in affinity terms.
     pub namespaces: HashMap<String, BTreeMap<String, String>>,
 }

@@ -271,6 +271,11 @@ fn term_matches(term: &NodeSelectorTerm, node: &Node) -> bool {
         && fields.iter().all(|r| r.key == "metadata.name" && requirement_matches(r, node.metadata.name.as_deref()))
 }
 
+/// Whether the node matches any term of the selector (a PersistentVolume's node affinity).
+pub fn node_selector_matches(sel: &k8s_openapi::api::core::v1::NodeSelector, node: &Node) -> bool {
+    sel.node_selector_terms.iter().any(|t| term_matches(t, node))
+}
+
 /// nodeSelector and required node affinity.
 pub fn matches_node_selector(pod: &Pod, node: &Node) -> bool {
     let Some(spec) = &pod.spec else { return true };
@@ -430,6 +435,14 @@ pub fn fit_error_message(num_nodes: usize, failures: &[Failure]) -> String {
         return "no nodes available to schedule pods".into();
     }
     fit_error_with(num_nodes, failures, None)
+}
+
+/// The FitError message when PreFilter rejected the pod as a whole (`msg` for every node).
+pub fn fit_error_prefilter(num_nodes: usize, msg: &str) -> String {
+    if num_nodes == 0 {
+        return "no nodes available to schedule pods".into();
+    }
+    format!("0/{num_nodes} nodes are available: {msg}. preemption: 0/{num_nodes} nodes are available: {num_nodes} Preemption is not helpful for scheduling.")
 }
 
 /// The FitError message with `preemption` as its second part (Some("") for none: preemption

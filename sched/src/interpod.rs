@@ -280,7 +280,8 @@ impl Prepared {
                 }
             }
             // The first of a group of pods with affinity to each other may go anywhere.
-            if !exist && !(self.affinity_counts.is_empty() && self.self_affinity) {
+            let first_of_group = self.affinity_counts.is_empty() && self.self_affinity;
+            if !exist && !first_of_group {
                 return Err(Failure { reasons: vec![AFFINITY_RULES.into()], unresolvable: true });
             }
         }

@@ -8,6 +8,7 @@ pub mod election;
 pub mod filter;
 mod interpod;
 mod preempt;
+mod volume;
 pub mod quantity;
 mod scheduler;
 
