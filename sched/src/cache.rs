@@ -41,8 +41,8 @@ pub struct Cache {
     live: usize,
     /// Pods assumed and not confirmed yet.
     assumed: usize,
-    /// Counted pods with required anti-affinity, and their nodes.
-    anti: HashMap<String, String>,
+    /// Counted pods with required anti-affinity: their nodes and terms.
+    anti: HashMap<String, (String, Arc<Vec<crate::interpod::Term>>)>,
     /// Claims, volumes and storage classes, for volume binding.
     pub volumes: crate::volume::Volumes,
     /// Namespace labels, for namespaceSelector in affinity terms.
@@ -148,7 +148,7 @@ impl Cache {
             self.assumed += 1;
         }
         if crate::interpod::has_required_anti_affinity(&pod) {
-            self.anti.insert(key.clone(), node.to_string());
+            self.anti.insert(key.clone(), (node.to_string(), Arc::new(crate::interpod::required_terms(&pod, true))));
         }
         let n = self.slot(node);
         n.usage.add_info(&info);
@@ -214,9 +214,9 @@ impl Cache {
         false
     }
 
-    /// Counted pods with required anti-affinity: (key, node).
-    pub fn anti_affinity_pods(&self) -> impl Iterator<Item = (&String, &String)> {
-        self.anti.iter()
+    /// Counted pods with required anti-affinity: (node, terms).
+    pub fn anti_affinity_pods(&self) -> impl Iterator<Item = (&String, &Arc<Vec<crate::interpod::Term>>)> {
+        self.anti.values().map(|(n, t)| (n, t))
     }
 
     /// Pods assumed and not confirmed by the watch yet.

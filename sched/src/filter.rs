@@ -293,8 +293,13 @@ pub fn matches_node_selector(pod: &Pod, node: &Node) -> bool {
 }
 
 fn resource_reasons(pod_req: &Resources, alloc: &Resources, usage: &NodeUsage) -> Vec<String> {
-    let mut reasons = Vec::new();
+    let free = |name: &str| alloc.get(name).copied().unwrap_or(0) - usage.requested.get(name).copied().unwrap_or(0);
     let alloc_pods = alloc.get("pods").copied().unwrap_or(0) / 1000;
+    // The common case without allocations: everything fits.
+    if usage.pods < alloc_pods as i64 && pod_req.iter().all(|(k, want)| k == "pods" || *want <= 0 || *want <= free(k)) {
+        return Vec::new();
+    }
+    let mut reasons = Vec::new();
     if usage.pods + 1 > alloc_pods as i64 {
         reasons.push(TOO_MANY_PODS.to_string());
     }
@@ -312,8 +317,7 @@ fn resource_reasons(pod_req: &Resources, alloc: &Resources, usage: &NodeUsage) -
         if want <= 0 {
             continue;
         }
-        let free = alloc.get(name).copied().unwrap_or(0) - usage.requested.get(name).copied().unwrap_or(0);
-        if want > free {
+        if want > free(name) {
             reasons.push(format!("Insufficient {name}"));
         }
     }
@@ -402,8 +406,8 @@ pub fn preferred_node_affinity(pod: &Pod, node: &Node) -> i64 {
 /// tolerate (fewer is better; normalized in reverse).
 pub fn intolerable_prefer_no_schedule(pod: &Pod, node: &Node) -> i64 {
     let taints = node.spec.as_ref().and_then(|s| s.taints.as_deref()).unwrap_or(&[]);
-    let tols: Vec<&Toleration> = tolerations(pod).iter().filter(|t| t.effect.as_deref().is_none_or(|e| e.is_empty() || e == "PreferNoSchedule")).collect();
-    taints.iter().filter(|t| t.effect == "PreferNoSchedule" && !tols.iter().any(|tol| tolerates(tol, t))).count() as i64
+    let tols = || tolerations(pod).iter().filter(|t| t.effect.as_deref().is_none_or(|e| e.is_empty() || e == "PreferNoSchedule"));
+    taints.iter().filter(|t| t.effect == "PreferNoSchedule" && !tols().any(|tol| tolerates(tol, t))).count() as i64
 }
 
 /// upstream's DefaultNormalizeScore: scales to 0..=100 by the highest score; `reverse` turns

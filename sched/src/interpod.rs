@@ -57,7 +57,7 @@ pub fn selector_matches(sel: &LabelSelector, labels: &Labels) -> bool {
 }
 
 /// An affinity term resolved against the pod that carries it.
-struct Term {
+pub struct Term {
     topology_key: String,
     selector: Option<LabelSelector>,
     namespaces: Vec<String>,
@@ -82,7 +82,7 @@ impl Term {
     }
 }
 
-fn required_terms(pod: &Pod, anti: bool) -> Vec<Term> {
+pub fn required_terms(pod: &Pod, anti: bool) -> Vec<Term> {
     let a = pod.spec.as_ref().and_then(|s| s.affinity.as_ref());
     let terms = if anti {
         a.and_then(|a| a.pod_anti_affinity.as_ref()).and_then(|x| x.required_during_scheduling_ignored_during_execution.as_ref())
@@ -205,10 +205,9 @@ pub fn prepare(cache: &Cache, pod: &Pod) -> Prepared {
     let ns_labels = &cache.namespaces;
     let node_value = |ni: &NodeInfo, key: &str| ni.node.as_deref().and_then(|n| node_labels(n).get(key).cloned());
     // Existing pods whose required anti-affinity selects the incoming pod.
-    for (k, node) in cache.anti_affinity_pods() {
+    for (node, terms) in cache.anti_affinity_pods() {
         let Some(ni) = cache.node(node) else { continue };
-        let Some(existing) = ni.pods.get(k) else { continue };
-        for t in required_terms(existing, true) {
+        for t in terms.iter() {
             if t.matches(pod, ns_labels) {
                 if let Some(v) = node_value(ni, &t.topology_key) {
                     *p.existing_anti.entry((t.topology_key.clone(), v)).or_default() += 1;
