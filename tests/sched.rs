@@ -395,3 +395,46 @@ fn a_higher_priority_pod_preempts_a_lower_one_and_preemption_policy_never_waits(
     assert_eq!(node_of(&c, "high").as_deref(), Some("pre"));
     assert_eq!(node_of(&c, "polite"), None);
 }
+
+#[test]
+fn claims_missing_unbound_immediate_or_waiting_for_first_consumer() {
+    let c = Cluster::up(3, &[]);
+    c.wait_api();
+    create(&c, &node_yaml("only", "4", "8Gi", "", ""));
+    let long = Duration::from_secs(40);
+    let with_claim = |pod: &str, claim: &str| pod_yaml(pod, "10Mi", &format!("  volumes:\n  - name: data\n    persistentVolumeClaim: {{claimName: {claim}}}\n"));
+    let failed = |pod: &str| wait_sync(&format!("FailedScheduling of {pod}"), long, || events(&c, pod).into_iter().find(|(r, _)| r == "FailedScheduling").map(|(_, m)| m));
+
+    create(&c, &with_claim("no-claim", "missing"));
+    assert_eq!(
+        failed("no-claim"),
+        "0/1 nodes are available: persistentvolumeclaim \"missing\" not found. preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling."
+    );
+
+    let claim = |name: &str, class: &str| format!("apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: {name}}}\nspec:\n  accessModes: [ReadWriteOnce]\n  storageClassName: {class}\n  resources: {{requests: {{storage: 1Gi}}}}\n");
+    create(&c, "apiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata: {name: slow}\nprovisioner: example.com/none\nvolumeBindingMode: Immediate\n");
+    create(&c, "apiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata: {name: wait}\nprovisioner: example.com/none\nvolumeBindingMode: WaitForFirstConsumer\n");
+    create(&c, &claim("imm", "slow"));
+    create(&c, &with_claim("immediate", "imm"));
+    assert_eq!(
+        failed("immediate"),
+        "0/1 nodes are available: pod has unbound immediate PersistentVolumeClaims. preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling."
+    );
+
+    // WaitForFirstConsumer: the claim learns the chosen node; the pod waits for the binding.
+    create(&c, &claim("later", "wait"));
+    create(&c, &with_claim("consumer", "later"));
+    let selected = wait_sync("selected-node annotation", long, || {
+        Some(get(&c, &["get", "pvc", "later", "-o", "jsonpath={.metadata.annotations.volume\\.kubernetes\\.io/selected-node}"])).filter(|s| !s.is_empty())
+    });
+    assert_eq!(selected, "only");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(node_of(&c, "consumer"), None, "not bound before its claim is");
+    // What a provisioner does: a volume on that node, bound to the claim.
+    create(
+        &c,
+        "apiVersion: v1\nkind: PersistentVolume\nmetadata: {name: pv-later}\nspec:\n  capacity: {storage: 1Gi}\n  accessModes: [ReadWriteOnce]\n  storageClassName: wait\n  hostPath: {path: /tmp/x}\n  claimRef: {namespace: default, name: later}\n  nodeAffinity:\n    required:\n      nodeSelectorTerms: [{matchExpressions: [{key: kubernetes.io/hostname, operator: In, values: [only]}]}]\n",
+    );
+    c.kubectl_ok(&["patch", "pvc", "later", "--type", "merge", "-p", r#"{"spec":{"volumeName":"pv-later"}}"#]);
+    assert_eq!(wait_sync("consumer bound once its claim is", long, || node_of(&c, "consumer")), "only");
+}

@@ -32,12 +32,6 @@ pub struct Claims {
     pub delayed: Vec<Arc<PersistentVolumeClaim>>,
 }
 
-impl Claims {
-    pub fn is_empty(&self) -> bool {
-        self.bound.is_empty() && self.delayed.is_empty()
-    }
-}
-
 /// The pod's claim names: persistentVolumeClaim volumes and generic ephemeral volumes
 /// (claim "<pod>-<volume>"), the latter flagged.
 fn claim_names(pod: &Pod) -> Vec<(String, bool)> {
@@ -176,6 +170,7 @@ mod tests {
         assert_eq!(c.delayed.len(), 1);
         assert!(c.filter(&node("a")).is_ok());
         assert_eq!(c.filter(&node("b")).err().map(|f| f.reasons), Some(vec![NODE_CONFLICT.to_string()]));
-        assert!(prefilter(&v, &pod(json!([]))).expect("none").is_empty());
+        let none = prefilter(&v, &pod(json!([]))).expect("none");
+        assert!(none.bound.is_empty() && none.delayed.is_empty());
     }
 }
