@@ -45,6 +45,8 @@ pub struct Cache {
     anti: HashMap<String, (String, Arc<Vec<crate::interpod::Term>>)>,
     /// Claims, volumes and storage classes, for volume binding.
     pub volumes: crate::volume::Volumes,
+    /// PodDisruptionBudgets by namespace/name, for preemption.
+    pub pdbs: HashMap<String, Arc<k8s_openapi::api::policy::v1::PodDisruptionBudget>>,
     /// Namespace labels, for namespaceSelector in affinity terms.
     pub namespaces: HashMap<String, BTreeMap<String, String>>,
 }

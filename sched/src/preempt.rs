@@ -4,10 +4,11 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 
 use crate::cache::{key, Cache};
 use crate::filter::{filter_node, PodInfo};
-use crate::interpod::Prepared;
+use crate::interpod::{selector_matches, Prepared};
 
 pub fn priority(pod: &Pod) -> i32 {
     pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0)
@@ -22,16 +23,45 @@ pub fn may_preempt(pod: &Pod) -> bool {
 pub struct Candidate {
     pub node: String,
     pub victims: Vec<Arc<Pod>>,
+    /// Victims whose eviction a PodDisruptionBudget does not allow.
+    pub pdb_violations: usize,
 }
 
 impl Candidate {
-    /// upstream's pickOneNodeForPreemption order (without PDBs): lowest highest-victim
-    /// priority, then lowest priority sum, then fewest victims.
-    fn rank(&self) -> (i32, i64, usize) {
+    /// upstream's pickOneNodeForPreemption order: fewest PodDisruptionBudget violations, lowest
+    /// highest-victim priority, then lowest priority sum, then fewest victims.
+    fn rank(&self) -> (usize, i32, i64, usize) {
         let max = self.victims.iter().map(|v| priority(v)).max().unwrap_or(i32::MIN);
         let sum = self.victims.iter().map(|v| priority(v) as i64 - i32::MIN as i64).sum();
-        (max, sum, self.victims.len())
+        (self.pdb_violations, max, sum, self.victims.len())
     }
+}
+
+/// For pods in the given order: whether evicting it (after the ones before it) exceeds a
+/// PodDisruptionBudget's disruptionsAllowed.
+pub fn pdb_violations(pods: &[&Arc<Pod>], pdbs: &[&PodDisruptionBudget]) -> Vec<bool> {
+    let mut allowed: Vec<i64> = pdbs.iter().map(|b| b.status.as_ref().map_or(0, |s| s.disruptions_allowed as i64)).collect();
+    pods.iter()
+        .map(|p| {
+            let labels = p.metadata.labels.clone().unwrap_or_default();
+            let mut violating = false;
+            for (i, b) in pdbs.iter().enumerate() {
+                if b.metadata.namespace != p.metadata.namespace {
+                    continue;
+                }
+                // policy/v1: an empty selector selects every pod of the namespace, a missing one none.
+                let Some(sel) = b.spec.as_ref().and_then(|s| s.selector.as_ref()) else { continue };
+                if !selector_matches(sel, &labels) {
+                    continue;
+                }
+                allowed[i] -= 1;
+                if allowed[i] < 0 {
+                    violating = true;
+                }
+            }
+            violating
+        })
+        .collect()
 }
 
 /// Whether the pod already waits for victims on `node` (pods of lower priority still there
@@ -48,6 +78,8 @@ pub fn find(cache: &Cache, pod: &Pod, prep: &Prepared, nodes: &[usize]) -> Optio
     if !may_preempt(pod) {
         return None;
     }
+    let pdbs: Vec<&PodDisruptionBudget> = cache.pdbs.values().map(|b| b.as_ref()).collect();
+    let pdbs = pdbs.as_slice();
     let info = PodInfo::of(pod);
     let prio = priority(pod);
     let own = key(pod);
@@ -71,19 +103,26 @@ pub fn find(cache: &Cache, pod: &Pod, prep: &Prepared, nodes: &[usize]) -> Optio
         if !fits(&usage) {
             continue;
         }
-        // Reprieve as many as possible, the most important first.
+        // Reprieve as many as possible, the most important first, and those a disruption
+        // budget protects before the others.
         let mut order: Vec<usize> = (0..lower.len()).collect();
         order.sort_by(|a, b| priority(lower[*b].1).cmp(&priority(lower[*a].1)).then_with(|| lower[*a].0.cmp(lower[*b].0)));
+        let ordered: Vec<&Arc<Pod>> = order.iter().map(|j| lower[*j].1).collect();
+        let violating = pdb_violations(&ordered, pdbs);
+        let mut reprieve: Vec<(usize, bool)> = order.iter().copied().zip(violating.iter().copied()).collect();
+        reprieve.sort_by_key(|(_, v)| !*v);
         let mut victims = Vec::new();
-        for j in order {
+        let mut pdb_violations = 0;
+        for (j, v) in reprieve {
             usage.add_info(&infos[j]);
             if !fits(&usage) {
                 usage.remove_info(&infos[j]);
                 victims.push(lower[j].1.clone());
+                pdb_violations += usize::from(v);
             }
         }
         lower.clear();
-        let c = Candidate { node: ni.name.clone(), victims };
+        let c = Candidate { node: ni.name.clone(), victims, pdb_violations };
         if best.as_ref().is_none_or(|b| c.rank() < b.rank()) {
             best = Some(c);
         }
@@ -160,6 +199,27 @@ mod tests {
         c.update_pod(Arc::new(pod("low", "1", 0, Some("a"))));
         let p = pod("hi", "3", 10, None);
         assert!(find(&c, &p, &prepare(&c, &p), &all(&c)).is_none());
+    }
+
+    #[test]
+    fn disruption_budgets_steer_preemption_to_unprotected_pods() {
+        let mut c = Cache::default();
+        c.upsert_node(node("a", "2"));
+        c.upsert_node(node("b", "2"));
+        let mut guarded = pod("guarded", "2", 0, Some("a"));
+        guarded.metadata.labels = Some([("app".to_string(), "db".to_string())].into());
+        c.update_pod(Arc::new(guarded));
+        // b's victim has a higher priority, but a's is protected by a budget allowing none.
+        c.update_pod(Arc::new(pod("free", "2", 5, Some("b"))));
+        let pdb: PodDisruptionBudget = serde_json::from_value(json!({"metadata": {"name": "db", "namespace": "d"},
+            "spec": {"selector": {"matchLabels": {"app": "db"}}}, "status": {"disruptionsAllowed": 0, "currentHealthy": 1, "desiredHealthy": 1, "expectedPods": 1}}))
+        .expect("pdb");
+        let p = pod("hi", "2", 10, None);
+        let without = find(&c, &p, &prepare(&c, &p), &all(&c)).expect("candidate");
+        assert_eq!(without.node, "a");
+        c.pdbs.insert("d/db".into(), Arc::new(pdb));
+        let with = find(&c, &p, &prepare(&c, &p), &all(&c)).expect("candidate");
+        assert_eq!((with.node.as_str(), with.pdb_violations), ("b", 0));
     }
 
     #[test]

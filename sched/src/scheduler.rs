@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Event, EventSource, Namespace, Node, ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -121,6 +122,7 @@ enum Input {
     Claim(Box<watcher::Event<PersistentVolumeClaim>>),
     Volume(Box<watcher::Event<PersistentVolume>>),
     Class(Box<watcher::Event<StorageClass>>),
+    Budget(Box<watcher::Event<PodDisruptionBudget>>),
 }
 
 /// What a binding task reports back.
@@ -332,6 +334,7 @@ impl Scheduler {
         let claims = watcher(Api::<PersistentVolumeClaim>::all(self.client.clone()), watcher::Config::default()).default_backoff();
         let volumes = watcher(Api::<PersistentVolume>::all(self.client.clone()), watcher::Config::default()).default_backoff();
         let classes = watcher(Api::<StorageClass>::all(self.client.clone()), watcher::Config::default()).default_backoff();
+        let budgets = watcher(Api::<PodDisruptionBudget>::all(self.client.clone()), watcher::Config::default()).default_backoff();
         let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
         self.events = Some(ev_tx);
         let _tasks = [
@@ -340,7 +343,8 @@ impl Scheduler {
             AbortOnDrop(tokio::spawn(drive(namespaces, tx.clone(), |e| Input::Namespace(Box::new(e))))),
             AbortOnDrop(tokio::spawn(drive(claims, tx.clone(), |e| Input::Claim(Box::new(e))))),
             AbortOnDrop(tokio::spawn(drive(volumes, tx.clone(), |e| Input::Volume(Box::new(e))))),
-            AbortOnDrop(tokio::spawn(drive(classes, tx, |e| Input::Class(Box::new(e))))),
+            AbortOnDrop(tokio::spawn(drive(classes, tx.clone(), |e| Input::Class(Box::new(e))))),
+            AbortOnDrop(tokio::spawn(drive(budgets, tx, |e| Input::Budget(Box::new(e))))),
             AbortOnDrop(tokio::spawn(record_events(self.client.clone(), self.identity.clone(), ev_rx))),
         ];
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
@@ -464,6 +468,10 @@ impl Scheduler {
             Input::Class(ev) => {
                 apply_map(&mut self.cache.volumes.classes, *ev, |v| v.metadata.name.clone().unwrap_or_default());
                 self.changed();
+            }
+            Input::Budget(ev) => {
+                let key = |b: &PodDisruptionBudget| format!("{}/{}", b.metadata.namespace.as_deref().unwrap_or(""), b.metadata.name.as_deref().unwrap_or(""));
+                apply_map(&mut self.cache.pdbs, *ev, key);
             }
             Input::Pod(ev) => match *ev {
                 watcher::Event::Init => self.relist_pods = Some(HashSet::new()),
