@@ -45,6 +45,9 @@ pub struct Cache {
     anti: HashMap<String, (String, Arc<Vec<crate::interpod::Term>>)>,
     /// Claims, volumes and storage classes, for volume binding.
     pub volumes: crate::volume::Volumes,
+    /// Preemptors waiting for their victims to go, by key: (nominated node, priority, requests).
+    /// They hold their room on that node against pods of lower or equal priority.
+    pub nominated: HashMap<String, (String, i32, PodInfo)>,
     /// PodDisruptionBudgets by namespace/name, for preemption.
     pub pdbs: HashMap<String, Arc<k8s_openapi::api::policy::v1::PodDisruptionBudget>>,
     /// Namespace labels, for namespaceSelector in affinity terms.
@@ -219,6 +222,21 @@ impl Cache {
     /// Counted pods with required anti-affinity: (node, terms).
     pub fn anti_affinity_pods(&self) -> impl Iterator<Item = (&String, &Arc<Vec<crate::interpod::Term>>)> {
         self.anti.values().map(|(n, t)| (n, t))
+    }
+
+    /// The node's usage with the room nominated to preemptors of at least `priority` (other
+    /// than `own`) added; None when there are none.
+    pub fn with_nominated(&self, node: &NodeInfo, priority: i32, own: &str) -> Option<NodeUsage> {
+        if self.nominated.is_empty() {
+            return None;
+        }
+        let mut usage: Option<NodeUsage> = None;
+        for (k, (n, p, info)) in &self.nominated {
+            if *n == node.name && *p >= priority && k != own {
+                usage.get_or_insert_with(|| node.usage.clone()).add_info(info);
+            }
+        }
+        usage
     }
 
     /// Pods assumed and not confirmed by the watch yet.

@@ -199,8 +199,6 @@ pub struct Scheduler {
     /// Where the next feasibility search starts (rotating, as upstream's nextStartNodeIndex).
     next_start: usize,
     events: Option<mpsc::Sender<EventReq>>,
-    /// Nodes nominated for preemptors (also written to their status.nominatedNodeName).
-    nominated: HashMap<String, String>,
     /// Re-lists in progress: the keys seen since the watch restarted.
     relist_pods: Option<HashSet<String>>,
     relist_nodes: Option<HashSet<String>>,
@@ -227,6 +225,7 @@ pub(crate) struct Chosen {
 
 pub(crate) fn choose(cache: &Cache, pod: &Pod, start: &mut usize) -> Result<Chosen, Box<Unfit>> {
     let info = PodInfo::of(pod);
+    let (prio, own) = (priority(pod), key(pod));
     let prep = interpod::prepare(cache, pod);
     let claims = if volume::uses_claims(pod) {
         match volume::prefilter(&cache.volumes, pod) {
@@ -248,7 +247,8 @@ pub(crate) fn choose(cache: &Cache, pod: &Pod, start: &mut usize) -> Result<Chos
         examined += 1;
         let ni = &cache.nodes[i];
         let Some(node) = &ni.node else { continue };
-        match filter::filter_node(pod, &info, node, &ni.alloc, ni.ready, &ni.usage).and_then(|()| claims.filter(node)).and_then(|()| prep.filter(node)) {
+        let reserved = cache.with_nominated(ni, prio, &own);
+        match filter::filter_node(pod, &info, node, &ni.alloc, ni.ready, reserved.as_ref().unwrap_or(&ni.usage)).and_then(|()| claims.filter(node)).and_then(|()| prep.filter(node)) {
             Ok(()) => {
                 feasible.push(i);
                 if feasible.len() >= want {
@@ -319,7 +319,6 @@ impl Scheduler {
             generation: 0,
             next_start: 0,
             events: None,
-            nominated: HashMap::new(),
             relist_pods: None,
             relist_nodes: None,
         }
@@ -519,7 +518,7 @@ impl Scheduler {
         } else {
             self.pending.remove(&k);
             self.unschedulable.remove(&k);
-            self.nominated.remove(&k);
+            self.cache.nominated.remove(&k);
         }
     }
 
@@ -529,7 +528,7 @@ impl Scheduler {
         }
         self.pending.remove(k);
         self.unschedulable.remove(k);
-        self.nominated.remove(k);
+        self.cache.nominated.remove(k);
     }
 
     fn enqueue(&mut self, k: &str, pod: &Pod) {
@@ -642,7 +641,7 @@ impl Scheduler {
         if !preempt::may_preempt(pod) {
             return filter::fit_error_with(num, &unfit.failures, Some("not eligible due to preemptionPolicy=Never."));
         }
-        let nominated = self.nominated.get(&k).cloned().or_else(|| pod.status.as_ref().and_then(|s| s.nominated_node_name.clone()));
+        let nominated = self.cache.nominated.get(&k).map(|n| n.0.clone()).or_else(|| pod.status.as_ref().and_then(|s| s.nominated_node_name.clone()));
         if nominated.as_deref().is_some_and(|n| preempt::waiting_for_victims(&self.cache, pod, n)) {
             return filter::fit_error_with(num, &unfit.failures, Some("not eligible due to a terminating pod on the nominated node."));
         }
@@ -650,7 +649,7 @@ impl Scheduler {
             return filter::fit_error_message(num, &unfit.failures);
         };
         tracing::info!(pod = %k, node = %c.node, victims = c.victims.len(), "preempting");
-        self.nominated.insert(k, c.node.clone());
+        self.cache.nominated.insert(k, (c.node.clone(), preempt::priority(pod), PodInfo::of(pod)));
         let (client, events) = (self.client.clone(), self.events.clone());
         let pod = pod.clone();
         tokio::spawn(async move {
@@ -936,6 +935,18 @@ mod tests {
             filter::fit_error_message(2, &unfit.failures),
             "0/2 nodes are available: 2 Insufficient cpu. preemption: 0/2 nodes are available: 2 No preemption victims found for incoming pod."
         );
+    }
+
+    #[test]
+    fn room_nominated_to_a_preemptor_is_kept_from_lower_priority_pods() {
+        let mut c = cache(vec![node("a", json!({}))]);
+        let big = pod(json!({"priority": 100, "containers": [{"name": "c", "image": "x", "resources": {"requests": {"cpu": "3"}}}]}));
+        c.nominated.insert("d/preemptor".into(), ("a".into(), 100, PodInfo::of(&big)));
+        let small = pod(json!({"containers": [{"name": "c", "image": "x", "resources": {"requests": {"cpu": "2"}}}]}));
+        assert!(choose(&c, &small, &mut 0).is_err());
+        let mut important = small.clone();
+        important.spec.as_mut().expect("spec").priority = Some(200);
+        assert!(choose(&c, &important, &mut 0).is_ok());
     }
 
     #[test]
