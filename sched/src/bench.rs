@@ -56,12 +56,35 @@ fn start_replica(o: &BenchOptions, dir: &Path, pki: &Path) -> anyhow::Result<Pro
         .arg(pki.join("server.crt"))
         .arg("--key")
         .arg(pki.join("server.key"))
-        .env("KUBERAFT_LOG", "warn")
+        .env("KUBERAFT_LOG", "warn,sched::scheduler=info")
+        .env("NO_COLOR", "1")
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
         .map_err(|e| anyhow::anyhow!("cannot start {}: {e}", o.kuberaft_bin.display()))?;
     Ok(Procs(vec![child]))
+}
+
+/// The scheduler's own time (its "scheduling stats" log lines) since `from` bytes of the log:
+/// (attempts, scheduling-cycle µs, watch events applied, µs applying them).
+fn scheduler_stats(log: &Path, from: usize) -> (u64, u64, u64, u64) {
+    let text = std::fs::read(log).unwrap_or_default();
+    let text = String::from_utf8_lossy(text.get(from..).unwrap_or(&[]));
+    let mut sum = (0, 0, 0, 0);
+    for line in text.lines().filter(|l| l.contains("scheduling stats")) {
+        let field = |name: &str| -> u64 {
+            line.split_whitespace().find_map(|w| w.strip_prefix(name).and_then(|v| v.strip_prefix('='))).and_then(|v| v.parse().ok()).unwrap_or(0)
+        };
+        sum.0 += field("attempts");
+        sum.1 += field("cycle_us");
+        sum.2 += field("events");
+        sum.3 += field("events_us");
+    }
+    sum
+}
+
+fn log_len(log: &Path) -> usize {
+    std::fs::metadata(log).map(|m| m.len() as usize).unwrap_or(0)
 }
 
 fn write_kubeconfig(pki: &Path, out: &Path) -> anyhow::Result<()> {
@@ -354,11 +377,17 @@ pub async fn run(o: BenchOptions) -> anyhow::Result<String> {
         for kind in &o.kinds {
             eprintln!("sched bench: {nodes} nodes, {} {kind} pods", o.pods);
             let before = load();
+            let log = dir.join("server.log");
+            let from = log_len(&log);
             let r = run_kind(&client, kind, o.pods, o.clients, nodes).await?;
+            // The last stats line of this kind comes within STATS_EVERY.
+            tokio::time::sleep(Duration::from_secs(6)).await;
+            let (attempts, cycle_us, events, events_us) = scheduler_stats(&log, from);
+            let per_pod = (cycle_us + events_us) as f64 / (r.bound.max(1)) as f64;
             let rate = r.bound as f64 / r.secs.max(1e-9);
             let target = if kind == "plain" { if rate >= 1500.0 { "≥ 1,500 (met)" } else { "≥ 1,500 (**not met**)" } } else { "-" };
             rows.push(format!(
-                "| {} | {kind} | {} / {} | {} ({:.1} s; creates {:.1} s) | {:.0} / {:.0} ms | {} | {target} | {before} → {} |",
+                "| {} | {kind} | {} / {} | {} ({:.1} s; creates {:.1} s) | {:.0} / {:.0} ms | {} | {:.0} µs ({} attempts, {:.0} µs/attempt; {} events) → {} pods/s | {target} | {before} → {} |",
                 thousands(nodes as f64),
                 thousands(r.bound as f64),
                 thousands(r.pods as f64),
@@ -368,6 +397,11 @@ pub async fn run(o: BenchOptions) -> anyhow::Result<String> {
                 r.p50_ms,
                 r.p99_ms,
                 r.errors,
+                per_pod,
+                thousands(attempts as f64),
+                cycle_us as f64 / attempts.max(1) as f64,
+                thousands(events as f64),
+                thousands(1e6 / per_pod.max(1e-9)),
                 load()
             ));
             eprintln!("{}", rows.last().map(String::as_str).unwrap_or(""));
@@ -377,7 +411,7 @@ pub async fn run(o: BenchOptions) -> anyhow::Result<String> {
             let before = load();
             let (secs, avail) = run_deployment(&client, o.deployment_replicas).await?;
             rows.push(format!(
-                "| {} | Deployment, {} replicas available | {} / {} | {:.1} s | - | - | - | {before} → {} |",
+                "| {} | Deployment, {} replicas available | {} / {} | {:.1} s | - | - | - | - | {before} → {} |",
                 thousands(nodes as f64),
                 thousands(o.deployment_replicas as f64),
                 thousands(avail as f64),
@@ -389,7 +423,7 @@ pub async fn run(o: BenchOptions) -> anyhow::Result<String> {
         }
         drop(procs);
     }
-    let mut table = String::from("| nodes | pods | bound | pods/s (first create → last bound) | create→bound p50 / p99 | create errors | target | load avg (1/5/15 min) before → after |\n|---|---|---|---|---|---|---|---|\n");
+    let mut table = String::from("| nodes | pods | bound | pods/s (first create → last bound) | create→bound p50 / p99 | create errors | scheduler's own time per pod (cycle + watch events) → pods/s of one core | target | load avg (1/5/15 min) before → after |\n|---|---|---|---|---|---|---|---|---|\n");
     for r in rows {
         table.push_str(&r);
         table.push('\n');

@@ -183,6 +183,18 @@ struct EventReq {
     message: String,
 }
 
+/// Where the scheduler's own time goes, logged every STATS_EVERY (`kuberaft bench sched` reads
+/// these lines to tell the scheduler's cost from the API server's).
+#[derive(Default)]
+struct Stats {
+    attempts: u64,
+    cycle: Duration,
+    events: u64,
+    apply: Duration,
+}
+
+const STATS_EVERY: Duration = Duration::from_secs(5);
+
 /// The per-term scheduler state.
 pub struct Scheduler {
     client: Client,
@@ -367,9 +379,19 @@ impl Scheduler {
         }
         tracing::info!(identity = %self.identity, nodes = self.cache.num_nodes(), pending = self.pending.len(), "scheduler started");
         let mut last_flush = Instant::now();
+        let (mut stats, mut last_stats) = (Stats::default(), Instant::now());
         loop {
+            let t = Instant::now();
             while let Ok(i) = rx.try_recv() {
                 self.apply(i);
+                stats.events += 1;
+            }
+            stats.apply += t.elapsed();
+            if last_stats.elapsed() >= STATS_EVERY {
+                if stats.attempts > 0 || stats.events > 0 {
+                    tracing::info!(attempts = stats.attempts, cycle_us = stats.cycle.as_micros() as u64, events = stats.events, events_us = stats.apply.as_micros() as u64, nodes = self.cache.num_nodes(), "scheduling stats");
+                }
+                (stats, last_stats) = (Stats::default(), Instant::now());
             }
             while let Ok(d) = done_rx.try_recv() {
                 self.done(d)?;
@@ -386,7 +408,13 @@ impl Scheduler {
                     p = binds.clone().acquire_owned() => p.context("binding semaphore closed")?,
                     _ = lost.wait_for(|l| *l) => return Ok(()),
                 };
+                let t = Instant::now();
                 self.schedule_one(pod, permit, &done_tx);
+                stats.cycle += t.elapsed();
+                stats.attempts += 1;
+                // The scheduler shares the replica's runtime with its API server (and the
+                // Lease renewals): let other tasks run between pods.
+                tokio::task::yield_now().await;
                 continue;
             }
             let waiting = !self.unschedulable.is_empty() || self.cache.assumed_count() > 0;
@@ -394,7 +422,10 @@ impl Scheduler {
                 _ = lost.wait_for(|l| *l) => return Ok(()),
                 i = rx.recv() => {
                     let Some(i) = i else { bail!("scheduler watches ended") };
+                    let t = Instant::now();
                     self.apply(i);
+                    stats.apply += t.elapsed();
+                    stats.events += 1;
                 }
                 d = done_rx.recv() => {
                     if let Some(d) = d {
