@@ -100,6 +100,28 @@ enum BenchCmd {
         #[arg(long, default_value = "/tmp/kuberaft-bench-api")]
         dir: PathBuf,
     },
+    /// Scheduling throughput and latency of one replica with thousands of hollow nodes, and a
+    /// 1,000-replica Deployment until available.
+    Sched {
+        /// Hollow node counts (comma-separated), a fresh cluster each.
+        #[arg(long, value_delimiter = ',', default_value = "1000,5000")]
+        nodes: Vec<usize>,
+        /// Pods per kind.
+        #[arg(long, default_value_t = 10_000)]
+        pods: usize,
+        /// Pod kinds (comma-separated): plain, node-affinity, pod-anti-affinity, spread.
+        #[arg(long, value_delimiter = ',', default_value = "plain,node-affinity,pod-anti-affinity,spread")]
+        kinds: Vec<String>,
+        /// Replicas of the Deployment timed until available (0 skips it).
+        #[arg(long, default_value_t = 1000)]
+        deployment: usize,
+        /// Concurrent pod creates.
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        /// Scratch directory (wiped first).
+        #[arg(long, default_value = "/tmp/kuberaft-bench-sched")]
+        dir: PathBuf,
+    },
     /// Three kuberaft replicas vs three etcd 3.4 members: put, linearizable get, watch.
     Store {
         /// Seconds per measurement.
@@ -200,6 +222,12 @@ fn main() -> ExitCode {
                 watchers,
             };
             let table = tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(apiserver::bench::run(o))?;
+            println!("{table}");
+            Ok(())
+        })(),
+        Cmd::Bench { what: BenchCmd::Sched { nodes, pods, kinds, deployment, clients, dir } } => (|| {
+            let o = sched::bench::BenchOptions { kuberaft_bin: std::env::current_exe()?, work_dir: dir, nodes, pods, kinds, deployment_replicas: deployment, clients };
+            let table = tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(sched::bench::run(o))?;
             println!("{table}");
             Ok(())
         })(),

@@ -230,3 +230,211 @@ async fn writes_fenced_as_the_old_holder_get_409_after_the_lease_moves() {
     }
     assert!(!c.kubectl(&["get", "configmap", "after-move"]).status.success());
 }
+
+/// Nodes of `c` (name, zone) with zone labels.
+fn zoned_nodes(c: &Cluster, nodes: &[(&str, &str)]) {
+    for (n, z) in nodes {
+        create(c, &node_yaml(n, "4", "8Gi", &format!(", topology.kubernetes.io/zone: {z}"), ""));
+    }
+}
+
+fn bound_nodes(c: &Cluster, selector: &str) -> Vec<(String, String)> {
+    let out = get(c, &["get", "pods", "-l", selector, "-o", "jsonpath={range .items[*]}{.metadata.name} {.spec.nodeName}{\"\\n\"}{end}"]);
+    out.lines().filter_map(|l| l.split_once(' ')).map(|(p, n)| (p.to_string(), n.trim().to_string())).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn required_anti_affinity_puts_one_replica_per_node_and_spread_constraints_balance_zones() {
+    // The replicas' own scheduler and controller manager (the binary under test).
+    let c = Cluster::up(3, &[]);
+    c.wait_api();
+    zoned_nodes(&c, &[("a", "z1"), ("b", "z1"), ("c", "z2")]);
+    let deployment = r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: 4
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      affinity:
+        podAntiAffinity:
+          requiredDuringSchedulingIgnoredDuringExecution:
+          - labelSelector: {matchLabels: {app: web}}
+            topologyKey: kubernetes.io/hostname
+      containers:
+      - {name: c, image: busybox, resources: {requests: {cpu: 100m, memory: 10Mi}}}
+"#;
+    create(&c, deployment);
+    let long = Duration::from_secs(40);
+    let placed = wait_for("three web replicas bound", long, || {
+        let b = bound_nodes(&c, "app=web");
+        (b.len() == 4 && b.iter().filter(|(_, n)| !n.is_empty()).count() == 3).then_some(b)
+    })
+    .await;
+    let mut nodes: Vec<&str> = placed.iter().map(|(_, n)| n.as_str()).filter(|n| !n.is_empty()).collect();
+    nodes.sort();
+    assert_eq!(nodes, ["a", "b", "c"], "one replica per node: {placed:?}");
+    let (pending, _) = placed.iter().find(|(_, n)| n.is_empty()).expect("a pending replica");
+    let want = "0/3 nodes are available: 3 node(s) didn't match pod anti-affinity rules. \
+                preemption: 0/3 nodes are available: 3 No preemption victims found for incoming pod.";
+    let ev = wait_for("FailedScheduling of the fourth replica", long, || events(&c, pending).into_iter().find(|(r, _)| r == "FailedScheduling")).await;
+    assert_eq!(ev.1, want);
+
+    // Six pods spread over the zones with maxSkew 1: z1 (two nodes) and z2 (one) get three each.
+    for i in 0..6 {
+        create(
+            &c,
+            &pod_yaml(
+                &format!("s{i}"),
+                "10Mi",
+                "  topologySpreadConstraints:\n  - {maxSkew: 1, topologyKey: topology.kubernetes.io/zone, whenUnsatisfiable: DoNotSchedule, labelSelector: {matchLabels: {app: spread}}}\n",
+            )
+            .replace("metadata:\n  name:", "metadata:\n  labels: {app: spread}\n  name:"),
+        );
+    }
+    let placed = wait_for("six spread pods bound", long, || {
+        let b = bound_nodes(&c, "app=spread");
+        (b.len() == 6 && b.iter().all(|(_, n)| !n.is_empty())).then_some(b)
+    })
+    .await;
+    let z2 = placed.iter().filter(|(_, n)| n == "c").count();
+    assert_eq!(z2, 3, "zones balanced: {placed:?}");
+
+    // Pods that may only go to z1, counting z2 too (nodeAffinityPolicy Ignore): the first makes
+    // it 4 to 3; the next would make the skew 2 and stays pending.
+    let z1_only = |name: &str| {
+        pod_yaml(
+            name,
+            "10Mi",
+            "  nodeSelector: {topology.kubernetes.io/zone: z1}\n  topologySpreadConstraints:\n  - {maxSkew: 1, topologyKey: topology.kubernetes.io/zone, whenUnsatisfiable: DoNotSchedule, nodeAffinityPolicy: Ignore, labelSelector: {matchLabels: {app: spread}}}\n",
+        )
+        .replace("metadata:\n  name:", "metadata:\n  labels: {app: spread}\n  name:")
+    };
+    create(&c, &z1_only("z1-a"));
+    let n = wait_for("z1-a bound", long, || node_of(&c, "z1-a")).await;
+    assert!(n == "a" || n == "b", "{n}");
+    create(&c, &z1_only("z1-b"));
+    let ev = wait_for("FailedScheduling of z1-b", long, || events(&c, "z1-b").into_iter().find(|(r, _)| r == "FailedScheduling")).await;
+    assert_eq!(
+        ev.1,
+        "0/3 nodes are available: 1 node(s) didn't match Pod's node affinity/selector, 2 node(s) didn't match pod topology spread constraints. \
+         preemption: 0/3 nodes are available: 1 Preemption is not helpful for scheduling, 2 No preemption victims found for incoming pod."
+    );
+}
+
+/// Hollow nodes in their own runtime (they confirm graceful deletions, which preemption needs).
+struct Hollow {
+    _rt: tokio::runtime::Runtime,
+    _task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Hollow {
+    fn start(c: &Cluster, flags: &[&str]) -> Hollow {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+        let kubeconfig = c.path().join("n1").join("kubeconfig");
+        let config = rt.block_on(async {
+            let kc = kube::config::Kubeconfig::read_from(&kubeconfig).expect("kubeconfig");
+            kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.expect("config")
+        });
+        let mut all = vec!["--hollow", "--kubeconfig", kubeconfig.to_str().expect("utf-8 path")];
+        all.extend_from_slice(flags);
+        let args = node::NodeArgs::from_flags(all).expect("flags");
+        let task = rt.spawn(node::run_hollow(config, args));
+        Hollow { _rt: rt, _task: task }
+    }
+}
+
+fn wait_sync<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let t = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(t.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn prio_pod(name: &str, priority: i32, extra: &str) -> String {
+    pod_yaml(name, "10Mi", &format!("  priority: {priority}\n{extra}")).replace("cpu: 100m", "cpu: 1500m")
+}
+
+#[test]
+fn a_higher_priority_pod_preempts_a_lower_one_and_preemption_policy_never_waits() {
+    let c = Cluster::up(3, &[]);
+    c.wait_api();
+    let _nodes = Hollow::start(&c, &["--name", "pre", "--cpu", "2"]);
+    let long = Duration::from_secs(40);
+    wait_sync("node pre Ready", long, || (get(&c, &["get", "node", "pre", "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}"]) == "True").then_some(()));
+
+    create(&c, &prio_pod("low", 0, ""));
+    assert_eq!(wait_sync("low bound", long, || node_of(&c, "low")), "pre");
+    let low_uid = get(&c, &["get", "pod", "low", "-o", "jsonpath={.metadata.uid}"]);
+
+    create(&c, &prio_pod("high", 1000, ""));
+    let high_uid = get(&c, &["get", "pod", "high", "-o", "jsonpath={.metadata.uid}"]);
+    assert_eq!(wait_sync("high bound after preemption", long, || node_of(&c, "high")), "pre");
+    assert_eq!(get(&c, &["get", "pod", "high", "-o", "jsonpath={.status.nominatedNodeName}"]), "pre");
+    // The victim is gone (or a replacement with another UID, which nothing creates here).
+    wait_sync("low deleted", long, || {
+        let uid = get(&c, &["get", "pod", "low", "--ignore-not-found", "-o", "jsonpath={.metadata.uid}"]);
+        (uid != low_uid).then_some(())
+    });
+    let ev = wait_sync("Preempted event", long, || events(&c, "low").into_iter().find(|(r, _)| r == "Preempted"));
+    assert_eq!(ev.1, format!("Preempted by pod {high_uid} on node pre"));
+    let failed: Vec<String> = events(&c, "high").into_iter().filter(|(r, _)| r == "FailedScheduling").map(|(_, m)| m).collect();
+    assert!(failed.iter().any(|m| m == "0/1 nodes are available: 1 Insufficient cpu."), "{failed:?}");
+
+    // preemptionPolicy Never: it waits, even with a higher priority.
+    create(&c, &prio_pod("polite", 2000, "  preemptionPolicy: Never\n"));
+    let ev = wait_sync("FailedScheduling of polite", long, || events(&c, "polite").into_iter().find(|(r, _)| r == "FailedScheduling"));
+    assert_eq!(ev.1, "0/1 nodes are available: 1 Insufficient cpu. preemption: not eligible due to preemptionPolicy=Never.");
+    assert_eq!(node_of(&c, "high").as_deref(), Some("pre"));
+    assert_eq!(node_of(&c, "polite"), None);
+}
+
+#[test]
+fn claims_missing_unbound_immediate_or_waiting_for_first_consumer() {
+    let c = Cluster::up(3, &[]);
+    c.wait_api();
+    create(&c, &node_yaml("only", "4", "8Gi", "", ""));
+    let long = Duration::from_secs(40);
+    let with_claim = |pod: &str, claim: &str| pod_yaml(pod, "10Mi", &format!("  volumes:\n  - name: data\n    persistentVolumeClaim: {{claimName: {claim}}}\n"));
+    let failed = |pod: &str| wait_sync(&format!("FailedScheduling of {pod}"), long, || events(&c, pod).into_iter().find(|(r, _)| r == "FailedScheduling").map(|(_, m)| m));
+
+    create(&c, &with_claim("no-claim", "missing"));
+    assert_eq!(
+        failed("no-claim"),
+        "0/1 nodes are available: persistentvolumeclaim \"missing\" not found. preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling."
+    );
+
+    let claim = |name: &str, class: &str| format!("apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: {name}}}\nspec:\n  accessModes: [ReadWriteOnce]\n  storageClassName: {class}\n  resources: {{requests: {{storage: 1Gi}}}}\n");
+    create(&c, "apiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata: {name: slow}\nprovisioner: example.com/none\nvolumeBindingMode: Immediate\n");
+    create(&c, "apiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata: {name: wait}\nprovisioner: example.com/none\nvolumeBindingMode: WaitForFirstConsumer\n");
+    create(&c, &claim("imm", "slow"));
+    create(&c, &with_claim("immediate", "imm"));
+    assert_eq!(
+        failed("immediate"),
+        "0/1 nodes are available: pod has unbound immediate PersistentVolumeClaims. preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling."
+    );
+
+    // WaitForFirstConsumer: the claim learns the chosen node; the pod waits for the binding.
+    create(&c, &claim("later", "wait"));
+    create(&c, &with_claim("consumer", "later"));
+    let selected = wait_sync("selected-node annotation", long, || {
+        Some(get(&c, &["get", "pvc", "later", "-o", "jsonpath={.metadata.annotations.volume\\.kubernetes\\.io/selected-node}"])).filter(|s| !s.is_empty())
+    });
+    assert_eq!(selected, "only");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(node_of(&c, "consumer"), None, "not bound before its claim is");
+    // What a provisioner does: a volume on that node, bound to the claim.
+    create(
+        &c,
+        "apiVersion: v1\nkind: PersistentVolume\nmetadata: {name: pv-later}\nspec:\n  capacity: {storage: 1Gi}\n  accessModes: [ReadWriteOnce]\n  storageClassName: wait\n  hostPath: {path: /tmp/x}\n  claimRef: {namespace: default, name: later}\n  nodeAffinity:\n    required:\n      nodeSelectorTerms: [{matchExpressions: [{key: kubernetes.io/hostname, operator: In, values: [only]}]}]\n",
+    );
+    c.kubectl_ok(&["patch", "pvc", "later", "--type", "merge", "-p", r#"{"spec":{"volumeName":"pv-later"}}"#]);
+    assert_eq!(wait_sync("consumer bound once its claim is", long, || node_of(&c, "consumer")), "only");
+}

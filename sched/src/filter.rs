@@ -43,14 +43,48 @@ pub struct NodeUsage {
 
 impl NodeUsage {
     pub fn add(&mut self, pod: &Pod) {
-        for (k, v) in pod_requests(pod) {
-            *self.requested.entry(k).or_default() += v;
+        self.add_info(&PodInfo::of(pod));
+    }
+
+    pub fn add_info(&mut self, p: &PodInfo) {
+        for (k, v) in &p.requests {
+            *self.requested.entry(k.clone()).or_default() += v;
         }
-        for (k, v) in nonzero_requests(pod) {
-            *self.nonzero.entry(k).or_default() += v;
+        for (k, v) in &p.nonzero {
+            *self.nonzero.entry(k.clone()).or_default() += v;
         }
         self.pods += 1;
-        self.ports.extend(host_ports(pod));
+        self.ports.extend(p.ports.iter().cloned());
+    }
+
+    /// Undoes `add_info` of the same PodInfo.
+    pub fn remove_info(&mut self, p: &PodInfo) {
+        for (k, v) in &p.requests {
+            *self.requested.entry(k.clone()).or_default() -= v;
+        }
+        for (k, v) in &p.nonzero {
+            *self.nonzero.entry(k.clone()).or_default() -= v;
+        }
+        self.pods -= 1;
+        for port in &p.ports {
+            if let Some(i) = self.ports.iter().position(|u| u == port) {
+                self.ports.swap_remove(i);
+            }
+        }
+    }
+}
+
+/// What the resource filters and scores need of a pod, computed once per pod.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodInfo {
+    pub requests: Resources,
+    pub nonzero: Resources,
+    pub ports: Vec<HostPort>,
+}
+
+impl PodInfo {
+    pub fn of(pod: &Pod) -> PodInfo {
+        PodInfo { requests: pod_requests(pod), nonzero: nonzero_requests(pod), ports: host_ports(pod) }
     }
 }
 
@@ -237,6 +271,11 @@ fn term_matches(term: &NodeSelectorTerm, node: &Node) -> bool {
         && fields.iter().all(|r| r.key == "metadata.name" && requirement_matches(r, node.metadata.name.as_deref()))
 }
 
+/// Whether the node matches any term of the selector (a PersistentVolume's node affinity).
+pub fn node_selector_matches(sel: &k8s_openapi::api::core::v1::NodeSelector, node: &Node) -> bool {
+    sel.node_selector_terms.iter().any(|t| term_matches(t, node))
+}
+
 /// nodeSelector and required node affinity.
 pub fn matches_node_selector(pod: &Pod, node: &Node) -> bool {
     let Some(spec) = &pod.spec else { return true };
@@ -254,8 +293,13 @@ pub fn matches_node_selector(pod: &Pod, node: &Node) -> bool {
 }
 
 fn resource_reasons(pod_req: &Resources, alloc: &Resources, usage: &NodeUsage) -> Vec<String> {
-    let mut reasons = Vec::new();
+    let free = |name: &str| alloc.get(name).copied().unwrap_or(0) - usage.requested.get(name).copied().unwrap_or(0);
     let alloc_pods = alloc.get("pods").copied().unwrap_or(0) / 1000;
+    // The common case without allocations: everything fits.
+    if usage.pods < alloc_pods as i64 && pod_req.iter().all(|(k, want)| k == "pods" || *want <= 0 || *want <= free(k)) {
+        return Vec::new();
+    }
+    let mut reasons = Vec::new();
     if usage.pods + 1 > alloc_pods as i64 {
         reasons.push(TOO_MANY_PODS.to_string());
     }
@@ -273,8 +317,7 @@ fn resource_reasons(pod_req: &Resources, alloc: &Resources, usage: &NodeUsage) -
         if want <= 0 {
             continue;
         }
-        let free = alloc.get(name).copied().unwrap_or(0) - usage.requested.get(name).copied().unwrap_or(0);
-        if want > free {
+        if want > free(name) {
             reasons.push(format!("Insufficient {name}"));
         }
     }
@@ -283,7 +326,13 @@ fn resource_reasons(pod_req: &Resources, alloc: &Resources, usage: &NodeUsage) -
 
 /// Runs the filters in upstream's plugin order; the first failing one decides the node's reasons.
 pub fn filter(pod: &Pod, node: &Node, usage: &NodeUsage) -> Result<(), Failure> {
-    if !node_ready(node) {
+    filter_node(pod, &PodInfo::of(pod), node, &node_allocatable(node), node_ready(node), usage)
+}
+
+/// `filter` with the pod's and node's derived values computed by the caller (once per pod and
+/// once per node update, not once per pair).
+pub fn filter_node(pod: &Pod, info: &PodInfo, node: &Node, alloc: &Resources, ready: bool, usage: &NodeUsage) -> Result<(), Failure> {
+    if !ready {
         return Err(Failure::unresolvable(NOT_READY));
     }
     if node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false) {
@@ -298,11 +347,10 @@ pub fn filter(pod: &Pod, node: &Node, usage: &NodeUsage) -> Result<(), Failure> 
     if !matches_node_selector(pod, node) {
         return Err(Failure::unresolvable(AFFINITY));
     }
-    let wanted = host_ports(pod);
-    if wanted.iter().any(|w| usage.ports.iter().any(|u| u.conflicts(w))) {
+    if info.ports.iter().any(|w| usage.ports.iter().any(|u| u.conflicts(w))) {
         return Err(Failure { reasons: vec![PORTS.into()], unresolvable: false });
     }
-    let reasons = resource_reasons(&pod_requests(pod), &node_allocatable(node), usage);
+    let reasons = resource_reasons(&info.requests, alloc, usage);
     if !reasons.is_empty() {
         return Err(Failure { reasons, unresolvable: false });
     }
@@ -311,11 +359,15 @@ pub fn filter(pod: &Pod, node: &Node, usage: &NodeUsage) -> Result<(), Failure> 
 
 /// LeastAllocated over cpu and memory (equal weights), 0..=100, counting the incoming pod.
 pub fn score(pod: &Pod, node: &Node, usage: &NodeUsage) -> i64 {
-    let alloc = node_allocatable(node);
-    let incoming = nonzero_requests(pod);
+    least_allocated(&PodInfo::of(pod), &node_allocatable(node), usage)
+}
+
+/// NodeResourcesFit's LeastAllocated strategy over cpu and memory (weight 1 each), with the
+/// non-zero defaults for containers without requests, counting the incoming pod: 0..=100.
+pub fn least_allocated(info: &PodInfo, alloc: &Resources, usage: &NodeUsage) -> i64 {
     let one = |name: &str| -> i128 {
         let cap = alloc.get(name).copied().unwrap_or(0);
-        let req = usage.nonzero.get(name).copied().unwrap_or(0) + incoming.get(name).copied().unwrap_or(0);
+        let req = usage.nonzero.get(name).copied().unwrap_or(0) + info.nonzero.get(name).copied().unwrap_or(0);
         if cap <= 0 || req > cap {
             0
         } else {
@@ -325,9 +377,81 @@ pub fn score(pod: &Pod, node: &Node, usage: &NodeUsage) -> i64 {
     ((one("cpu") + one("memory")) / 2) as i64
 }
 
+/// NodeResourcesBalancedAllocation: 100 * (1 - the standard deviation of the cpu and memory
+/// fractions requested, the incoming pod included); nodes whose use stays balanced score high.
+pub fn balanced_allocation(info: &PodInfo, alloc: &Resources, usage: &NodeUsage) -> i64 {
+    let mut fractions: Vec<f64> = Vec::with_capacity(2);
+    for name in ["cpu", "memory"] {
+        let cap = alloc.get(name).copied().unwrap_or(0);
+        if cap <= 0 {
+            continue;
+        }
+        let req = usage.requested.get(name).copied().unwrap_or(0) + info.requests.get(name).copied().unwrap_or(0);
+        fractions.push((req as f64 / cap as f64).min(1.0));
+    }
+    let std = match fractions.as_slice() {
+        [a, b] => (a - b).abs() / 2.0,
+        _ => 0.0,
+    };
+    ((1.0 - std) * 100.0) as i64
+}
+
+/// NodeAffinity's raw score: the summed weights of the preferred terms the node matches.
+pub fn preferred_node_affinity(pod: &Pod, node: &Node) -> i64 {
+    let preferred = pod.spec.as_ref().and_then(|s| s.affinity.as_ref()).and_then(|a| a.node_affinity.as_ref()).and_then(|na| na.preferred_during_scheduling_ignored_during_execution.as_deref());
+    preferred.unwrap_or(&[]).iter().filter(|t| t.weight != 0 && term_matches(&t.preference, node)).map(|t| t.weight as i64).sum()
+}
+
+/// TaintToleration's raw score: how many PreferNoSchedule taints of the node the pod does not
+/// tolerate (fewer is better; normalized in reverse).
+pub fn intolerable_prefer_no_schedule(pod: &Pod, node: &Node) -> i64 {
+    let taints = node.spec.as_ref().and_then(|s| s.taints.as_deref()).unwrap_or(&[]);
+    let tols = || tolerations(pod).iter().filter(|t| t.effect.as_deref().is_none_or(|e| e.is_empty() || e == "PreferNoSchedule"));
+    taints.iter().filter(|t| t.effect == "PreferNoSchedule" && !tols().any(|tol| tolerates(tol, t))).count() as i64
+}
+
+/// upstream's DefaultNormalizeScore: scales to 0..=100 by the highest score; `reverse` turns
+/// it around (100 - scaled). All zero: 0, or 100 when reversed.
+pub fn normalize(scores: &mut [i64], reverse: bool) {
+    let max = scores.iter().copied().max().unwrap_or(0);
+    for s in scores.iter_mut() {
+        if max == 0 {
+            *s = if reverse { 100 } else { 0 };
+            continue;
+        }
+        let v = 100 * *s / max;
+        *s = if reverse { 100 - v } else { v };
+    }
+}
+
+/// Weights of upstream's default profile for the scores kuberaft computes.
+pub const WEIGHT_LEAST_ALLOCATED: i64 = 1;
+pub const WEIGHT_BALANCED_ALLOCATION: i64 = 1;
+pub const WEIGHT_NODE_AFFINITY: i64 = 2;
+pub const WEIGHT_TAINT_TOLERATION: i64 = 3;
+pub const WEIGHT_INTER_POD_AFFINITY: i64 = 2;
+pub const WEIGHT_TOPOLOGY_SPREAD: i64 = 2;
+
 /// upstream's FitError message: a sorted histogram of the reasons, then what preemption found
 /// (kuberaft does not preempt: nodes where it could help report no victims).
 pub fn fit_error_message(num_nodes: usize, failures: &[Failure]) -> String {
+    if num_nodes == 0 {
+        return "no nodes available to schedule pods".into();
+    }
+    fit_error_with(num_nodes, failures, None)
+}
+
+/// The FitError message when PreFilter rejected the pod as a whole (`msg` for every node).
+pub fn fit_error_prefilter(num_nodes: usize, msg: &str) -> String {
+    if num_nodes == 0 {
+        return "no nodes available to schedule pods".into();
+    }
+    format!("0/{num_nodes} nodes are available: {msg}. preemption: 0/{num_nodes} nodes are available: {num_nodes} Preemption is not helpful for scheduling.")
+}
+
+/// The FitError message with `preemption` as its second part (Some("") for none: preemption
+/// found victims), or the histogram of what preemption found per node (None).
+pub fn fit_error_with(num_nodes: usize, failures: &[Failure], preemption_msg: Option<&str>) -> String {
     if num_nodes == 0 {
         return "no nodes available to schedule pods".into();
     }
@@ -345,11 +469,11 @@ pub fn fit_error_message(num_nodes: usize, failures: &[Failure]) -> String {
         let p = if f.unresolvable { "Preemption is not helpful for scheduling" } else { "No preemption victims found for incoming pod" };
         *preemption.entry(p).or_default() += 1;
     }
-    format!(
-        "0/{num_nodes} nodes are available: {}. preemption: 0/{num_nodes} nodes are available: {}.",
-        histogram(reasons),
-        histogram(preemption)
-    )
+    match preemption_msg {
+        Some("") => format!("0/{num_nodes} nodes are available: {}.", histogram(reasons)),
+        Some(p) => format!("0/{num_nodes} nodes are available: {}. preemption: {p}", histogram(reasons)),
+        None => format!("0/{num_nodes} nodes are available: {}. preemption: 0/{num_nodes} nodes are available: {}.", histogram(reasons), histogram(preemption)),
+    }
 }
 
 #[cfg(test)]

@@ -1,9 +1,14 @@
 //! The kuberaft scheduler: an API client that binds pending pods to nodes, as the holder of a
 //! Lease (see `election`, which the controllers use too).
 
+pub mod bench;
+mod cache;
 pub mod client;
 pub mod election;
 pub mod filter;
+mod interpod;
+mod preempt;
+mod volume;
 pub mod quantity;
 mod scheduler;
 

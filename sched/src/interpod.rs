@@ -1,0 +1,542 @@
+//! Constraints between pods, as upstream's InterPodAffinity and PodTopologySpread plugins
+//! compute them: a per-pod precomputation over the cache (PreFilter/PreScore: counts of
+//! matching pods per topology domain), then cheap per-node checks and scores. Pure functions
+//! over the cache snapshot.
+
+use std::collections::{BTreeMap, HashMap};
+
+use k8s_openapi::api::core::v1::{Node, Pod, PodAffinityTerm};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+use crate::cache::{Cache, NodeInfo};
+use crate::filter::{matches_node_selector, untolerated_taint, Failure};
+
+pub const AFFINITY_RULES: &str = "node(s) didn't match pod affinity rules";
+pub const ANTI_AFFINITY_RULES: &str = "node(s) didn't match pod anti-affinity rules";
+pub const EXISTING_ANTI_AFFINITY: &str = "node(s) didn't satisfy existing pods anti-affinity rules";
+pub const SPREAD: &str = "node(s) didn't match pod topology spread constraints";
+pub const SPREAD_MISSING_LABEL: &str = "node(s) didn't match pod topology spread constraints (missing required label)";
+
+type Labels = BTreeMap<String, String>;
+
+fn empty() -> &'static Labels {
+    static E: std::sync::OnceLock<Labels> = std::sync::OnceLock::new();
+    E.get_or_init(Labels::new)
+}
+
+fn pod_labels(p: &Pod) -> &Labels {
+    p.metadata.labels.as_ref().unwrap_or(empty())
+}
+
+fn node_labels(n: &Node) -> &Labels {
+    n.metadata.labels.as_ref().unwrap_or(empty())
+}
+
+/// metav1.LabelSelectorAsSelector semantics: every matchLabels pair and every expression.
+pub fn selector_matches(sel: &LabelSelector, labels: &Labels) -> bool {
+    for (k, v) in sel.match_labels.iter().flatten() {
+        if labels.get(k) != Some(v) {
+            return false;
+        }
+    }
+    for e in sel.match_expressions.iter().flatten() {
+        let values = e.values.as_deref().unwrap_or(&[]);
+        let have = labels.get(&e.key);
+        let ok = match e.operator.as_str() {
+            "In" => have.is_some_and(|v| values.contains(v)),
+            "NotIn" => have.is_none_or(|v| !values.contains(v)),
+            "Exists" => have.is_some(),
+            "DoesNotExist" => have.is_none(),
+            _ => false,
+        };
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
+/// An affinity term resolved against the pod that carries it.
+pub struct Term {
+    topology_key: String,
+    selector: Option<LabelSelector>,
+    namespaces: Vec<String>,
+    namespace_selector: Option<LabelSelector>,
+    weight: i64,
+}
+
+impl Term {
+    fn new(t: &PodAffinityTerm, owner: &Pod, weight: i64) -> Term {
+        let mut namespaces = t.namespaces.clone().unwrap_or_default();
+        if namespaces.is_empty() && t.namespace_selector.is_none() {
+            namespaces.push(owner.metadata.namespace.clone().unwrap_or_default());
+        }
+        Term { topology_key: t.topology_key.clone(), selector: t.label_selector.clone(), namespaces, namespace_selector: t.namespace_selector.clone(), weight }
+    }
+
+    /// Whether `pod` is one the term selects. A missing labelSelector selects nothing.
+    fn matches(&self, pod: &Pod, ns_labels: &HashMap<String, Labels>) -> bool {
+        let ns = pod.metadata.namespace.as_deref().unwrap_or("");
+        let in_ns = self.namespaces.iter().any(|n| n == ns) || self.namespace_selector.as_ref().is_some_and(|s| selector_matches(s, ns_labels.get(ns).unwrap_or(empty())));
+        in_ns && self.selector.as_ref().is_some_and(|s| selector_matches(s, pod_labels(pod)))
+    }
+}
+
+pub fn required_terms(pod: &Pod, anti: bool) -> Vec<Term> {
+    let a = pod.spec.as_ref().and_then(|s| s.affinity.as_ref());
+    let terms = if anti {
+        a.and_then(|a| a.pod_anti_affinity.as_ref()).and_then(|x| x.required_during_scheduling_ignored_during_execution.as_ref())
+    } else {
+        a.and_then(|a| a.pod_affinity.as_ref()).and_then(|x| x.required_during_scheduling_ignored_during_execution.as_ref())
+    };
+    terms.into_iter().flatten().map(|t| Term::new(t, pod, 1)).collect()
+}
+
+fn preferred_terms(pod: &Pod) -> Vec<Term> {
+    let a = pod.spec.as_ref().and_then(|s| s.affinity.as_ref());
+    let aff = a.and_then(|a| a.pod_affinity.as_ref()).and_then(|x| x.preferred_during_scheduling_ignored_during_execution.as_ref());
+    let anti = a.and_then(|a| a.pod_anti_affinity.as_ref()).and_then(|x| x.preferred_during_scheduling_ignored_during_execution.as_ref());
+    let mut out: Vec<Term> = aff.into_iter().flatten().filter(|w| w.weight != 0).map(|w| Term::new(&w.pod_affinity_term, pod, w.weight as i64)).collect();
+    out.extend(anti.into_iter().flatten().filter(|w| w.weight != 0).map(|w| Term::new(&w.pod_affinity_term, pod, -(w.weight as i64))));
+    out
+}
+
+/// Whether the pod carries required anti-affinity (the cache indexes those pods).
+pub fn has_required_anti_affinity(pod: &Pod) -> bool {
+    pod.spec.as_ref().and_then(|s| s.affinity.as_ref()).and_then(|a| a.pod_anti_affinity.as_ref()).and_then(|x| x.required_during_scheduling_ignored_during_execution.as_ref()).is_some_and(|t| !t.is_empty())
+}
+
+type Pair = (String, String);
+
+struct SpreadConstraint {
+    max_skew: i64,
+    key: String,
+    selector: Option<LabelSelector>,
+    min_domains: Option<i64>,
+    honor_affinity: bool,
+    honor_taints: bool,
+    /// Pods matching the selector per domain value, over the eligible nodes.
+    counts: HashMap<String, i64>,
+    self_match: bool,
+}
+
+/// What PreFilter/PreScore computed for one incoming pod.
+#[derive(Default)]
+pub struct Prepared {
+    affinity: Vec<Term>,
+    anti: Vec<Term>,
+    /// (topologyKey, value) -> existing pods matching all required affinity terms.
+    affinity_counts: HashMap<Pair, i64>,
+    self_affinity: bool,
+    anti_counts: HashMap<Pair, i64>,
+    /// (topologyKey, value) -> existing pods whose required anti-affinity selects the incoming pod.
+    existing_anti: HashMap<Pair, i64>,
+    hard: Vec<SpreadConstraint>,
+    soft: Vec<SpreadConstraint>,
+    preferred: HashMap<Pair, i64>,
+}
+
+fn pod_is_counted_for_spread(p: &Pod) -> bool {
+    p.metadata.deletion_timestamp.is_none()
+}
+
+fn spread_constraints(pod: &Pod, hard: bool) -> Vec<SpreadConstraint> {
+    let Some(spec) = &pod.spec else { return vec![] };
+    let labels = pod_labels(pod);
+    spec.topology_spread_constraints
+        .iter()
+        .flatten()
+        .filter(|c| (c.when_unsatisfiable == "DoNotSchedule") == hard)
+        .map(|c| {
+            let mut selector = c.label_selector.clone();
+            // matchLabelKeys: the incoming pod's values of those keys narrow the selector.
+            if let (Some(sel), Some(keys)) = (selector.as_mut(), c.match_label_keys.as_ref()) {
+                for k in keys {
+                    if let Some(v) = labels.get(k) {
+                        sel.match_labels.get_or_insert_with(Default::default).insert(k.clone(), v.clone());
+                    }
+                }
+            }
+            SpreadConstraint {
+                max_skew: c.max_skew as i64,
+                key: c.topology_key.clone(),
+                self_match: selector.as_ref().is_some_and(|s| selector_matches(s, labels)),
+                selector,
+                min_domains: c.min_domains.map(i64::from),
+                honor_affinity: c.node_affinity_policy.as_deref() != Some("Ignore"),
+                honor_taints: c.node_taints_policy.as_deref() == Some("Honor"),
+                counts: HashMap::new(),
+            }
+        })
+        .collect()
+}
+
+/// Counts matching pods per domain over the nodes eligible for the constraints (all topology
+/// keys present, node affinity and taints per the policies).
+fn count_spread(constraints: &mut [SpreadConstraint], pod: &Pod, nodes: &[NodeInfo]) {
+    if constraints.is_empty() {
+        return;
+    }
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("");
+    for ni in nodes {
+        let Some(node) = &ni.node else { continue };
+        let labels = node_labels(node);
+        if !constraints.iter().all(|c| labels.contains_key(&c.key)) {
+            continue;
+        }
+        for c in constraints.iter_mut() {
+            if c.honor_affinity && !matches_node_selector(pod, node) {
+                continue;
+            }
+            if c.honor_taints && untolerated_taint(pod, node).is_some() {
+                continue;
+            }
+            let n = ni.pods.values().filter(|p| pod_is_counted_for_spread(p) && p.metadata.namespace.as_deref() == Some(ns) && c.selector.as_ref().is_some_and(|s| selector_matches(s, pod_labels(p)))).count() as i64;
+            *c.counts.entry(labels[&c.key].clone()).or_default() += n;
+        }
+    }
+}
+
+/// The PreFilter/PreScore state for `pod` over the cache; cheap when the pod has no
+/// inter-pod constraints and no existing pod has required anti-affinity.
+pub fn prepare(cache: &Cache, pod: &Pod) -> Prepared {
+    let mut p = Prepared { affinity: required_terms(pod, false), anti: required_terms(pod, true), hard: spread_constraints(pod, true), soft: spread_constraints(pod, false), ..Default::default() };
+    let preferred = preferred_terms(pod);
+    let ns_labels = &cache.namespaces;
+    let node_value = |ni: &NodeInfo, key: &str| ni.node.as_deref().and_then(|n| node_labels(n).get(key).cloned());
+    // Existing pods whose required anti-affinity selects the incoming pod.
+    for (node, terms) in cache.anti_affinity_pods() {
+        let Some(ni) = cache.node(node) else { continue };
+        for t in terms.iter() {
+            if t.matches(pod, ns_labels) {
+                if let Some(v) = node_value(ni, &t.topology_key) {
+                    *p.existing_anti.entry((t.topology_key.clone(), v)).or_default() += 1;
+                }
+            }
+        }
+    }
+    if !p.affinity.is_empty() || !p.anti.is_empty() || !preferred.is_empty() {
+        for ni in &cache.nodes {
+            if ni.node.is_none() {
+                continue;
+            }
+            for existing in ni.pods.values() {
+                if !p.affinity.is_empty() && p.affinity.iter().all(|t| t.matches(existing, ns_labels)) {
+                    for t in &p.affinity {
+                        if let Some(v) = node_value(ni, &t.topology_key) {
+                            *p.affinity_counts.entry((t.topology_key.clone(), v)).or_default() += 1;
+                        }
+                    }
+                }
+                for t in &p.anti {
+                    if t.matches(existing, ns_labels) {
+                        if let Some(v) = node_value(ni, &t.topology_key) {
+                            *p.anti_counts.entry((t.topology_key.clone(), v)).or_default() += 1;
+                        }
+                    }
+                }
+                for t in &preferred {
+                    if t.matches(existing, ns_labels) {
+                        if let Some(v) = node_value(ni, &t.topology_key) {
+                            *p.preferred.entry((t.topology_key.clone(), v)).or_default() += t.weight;
+                        }
+                    }
+                }
+            }
+        }
+        p.self_affinity = p.affinity.iter().all(|t| t.matches(pod, ns_labels));
+    }
+    count_spread(&mut p.hard, pod, &cache.nodes);
+    count_spread(&mut p.soft, pod, &cache.nodes);
+    p
+}
+
+impl Prepared {
+    /// PodTopologySpread then InterPodAffinity filters for one node.
+    pub fn filter(&self, node: &Node) -> Result<(), Failure> {
+        let labels = node_labels(node);
+        for c in &self.hard {
+            let Some(value) = labels.get(&c.key) else {
+                return Err(Failure { reasons: vec![SPREAD_MISSING_LABEL.into()], unresolvable: true });
+            };
+            let mut min = c.counts.values().copied().min().unwrap_or(0);
+            if c.min_domains.is_some_and(|m| (c.counts.len() as i64) < m) {
+                min = 0;
+            }
+            let skew = c.counts.get(value).copied().unwrap_or(0) + i64::from(c.self_match) - min;
+            if skew > c.max_skew {
+                return Err(Failure { reasons: vec![SPREAD.into()], unresolvable: false });
+            }
+        }
+        if !self.affinity.is_empty() {
+            let mut exist = true;
+            for t in &self.affinity {
+                let Some(v) = labels.get(&t.topology_key) else {
+                    return Err(Failure { reasons: vec![AFFINITY_RULES.into()], unresolvable: true });
+                };
+                if self.affinity_counts.get(&(t.topology_key.clone(), v.clone())).copied().unwrap_or(0) <= 0 {
+                    exist = false;
+                }
+            }
+            // The first of a group of pods with affinity to each other may go anywhere.
+            let first_of_group = self.affinity_counts.is_empty() && self.self_affinity;
+            if !exist && !first_of_group {
+                return Err(Failure { reasons: vec![AFFINITY_RULES.into()], unresolvable: true });
+            }
+        }
+        for t in &self.anti {
+            if let Some(v) = labels.get(&t.topology_key) {
+                if self.anti_counts.get(&(t.topology_key.clone(), v.clone())).copied().unwrap_or(0) > 0 {
+                    return Err(Failure { reasons: vec![ANTI_AFFINITY_RULES.into()], unresolvable: false });
+                }
+            }
+        }
+        if !self.existing_anti.is_empty() {
+            for (k, v) in labels {
+                if self.existing_anti.get(&(k.clone(), v.clone())).copied().unwrap_or(0) > 0 {
+                    return Err(Failure { reasons: vec![EXISTING_ANTI_AFFINITY.into()], unresolvable: false });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// InterPodAffinity's normalized scores (preferred terms), 0..=100 per node; None when
+    /// the pod has no preferred terms.
+    pub fn affinity_scores(&self, nodes: &[&Node]) -> Option<Vec<i64>> {
+        if self.preferred.is_empty() {
+            return None;
+        }
+        let raw: Vec<i64> = nodes.iter().map(|n| node_labels(n).iter().map(|(k, v)| self.preferred.get(&(k.clone(), v.clone())).copied().unwrap_or(0)).sum()).collect();
+        let (min, max) = (raw.iter().copied().min().unwrap_or(0), raw.iter().copied().max().unwrap_or(0));
+        Some(raw.iter().map(|s| if max > min { 100 * (s - min) / (max - min) } else { 0 }).collect())
+    }
+
+    /// PodTopologySpread's normalized scores (ScheduleAnyway constraints): fewer matching pods
+    /// in the node's domains score higher; nodes without the keys score 0. None without soft
+    /// constraints.
+    pub fn spread_scores(&self, nodes: &[&Node]) -> Option<Vec<i64>> {
+        if self.soft.is_empty() {
+            return None;
+        }
+        let raw: Vec<Option<f64>> = nodes
+            .iter()
+            .map(|n| {
+                let labels = node_labels(n);
+                let mut s = 0.0;
+                for c in &self.soft {
+                    let v = labels.get(&c.key)?;
+                    let weight = ((c.counts.len() + 2) as f64).ln();
+                    s += c.counts.get(v).copied().unwrap_or(0) as f64 * weight + (c.max_skew as f64 - 1.0);
+                }
+                Some(s)
+            })
+            .collect();
+        let present: Vec<f64> = raw.iter().flatten().copied().collect();
+        let min = present.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = present.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        Some(
+            raw.iter()
+                .map(|s| match s {
+                    None => 0,
+                    Some(_) if max <= 0.0 => 100,
+                    Some(s) => (100.0 * (max + min - s) / max) as i64,
+                })
+                .collect(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::sync::Arc;
+
+    fn node(name: &str, zone: &str) -> Arc<Node> {
+        Arc::new(
+            serde_json::from_value(json!({"metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "topology.kubernetes.io/zone": zone}},
+                "status": {"allocatable": {"cpu": "4", "memory": "8Gi", "pods": "110"}, "conditions": [{"type": "Ready", "status": "True"}]}}))
+            .expect("node"),
+        )
+    }
+
+    fn pod(name: &str, ns: &str, labels: serde_json::Value, spec: serde_json::Value) -> Pod {
+        let mut s = json!({"containers": [{"name": "c", "image": "x"}]});
+        for (k, v) in spec.as_object().cloned().unwrap_or_default() {
+            s[k] = v;
+        }
+        serde_json::from_value(json!({"metadata": {"name": name, "namespace": ns, "uid": name, "labels": labels}, "spec": s})).expect("pod")
+    }
+
+    fn cluster() -> Cache {
+        let mut c = Cache::default();
+        for (n, z) in [("a", "z1"), ("b", "z1"), ("c", "z2")] {
+            c.upsert_node(node(n, z));
+        }
+        c
+    }
+
+    fn place(c: &mut Cache, p: Pod, node: &str) {
+        let mut p = p;
+        p.spec.as_mut().expect("spec").node_name = Some(node.into());
+        c.update_pod(Arc::new(p));
+    }
+
+    fn verdicts(c: &Cache, p: &Pod) -> Vec<(String, Option<String>)> {
+        let prep = prepare(c, p);
+        ["a", "b", "c"].iter().map(|n| (n.to_string(), prep.filter(c.node(n).and_then(|i| i.node.as_deref()).expect("node")).err().map(|f| f.reasons[0].clone()))).collect()
+    }
+
+    fn anti(app: &str, key: &str) -> serde_json::Value {
+        json!({"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{"labelSelector": {"matchLabels": {"app": app}}, "topologyKey": key}]}}})
+    }
+
+    #[test]
+    fn selectors_match_labels_and_expressions() {
+        let l: Labels = [("app".to_string(), "web".to_string()), ("tier".to_string(), "1".to_string())].into();
+        let sel = |v: serde_json::Value| serde_json::from_value::<LabelSelector>(v).expect("selector");
+        assert!(selector_matches(&sel(json!({})), &l));
+        assert!(selector_matches(&sel(json!({"matchLabels": {"app": "web"}})), &l));
+        assert!(!selector_matches(&sel(json!({"matchLabels": {"app": "db"}})), &l));
+        assert!(selector_matches(&sel(json!({"matchExpressions": [{"key": "app", "operator": "In", "values": ["web", "db"]}]})), &l));
+        assert!(!selector_matches(&sel(json!({"matchExpressions": [{"key": "app", "operator": "NotIn", "values": ["web"]}]})), &l));
+        assert!(selector_matches(&sel(json!({"matchExpressions": [{"key": "x", "operator": "DoesNotExist"}]})), &l));
+        assert!(!selector_matches(&sel(json!({"matchExpressions": [{"key": "x", "operator": "Exists"}]})), &l));
+    }
+
+    #[test]
+    fn required_anti_affinity_keeps_replicas_apart_per_host_and_per_zone() {
+        let mut c = cluster();
+        place(&mut c, pod("w1", "d", json!({"app": "web"}), anti("web", "kubernetes.io/hostname")), "a");
+        let p = pod("w2", "d", json!({"app": "web"}), anti("web", "kubernetes.io/hostname"));
+        let v = verdicts(&c, &p);
+        // The incoming pod's own rule, checked before the existing pod's.
+        assert_eq!(v[0].1.as_deref(), Some(ANTI_AFFINITY_RULES));
+        assert_eq!(v[1].1, None);
+        assert_eq!(v[2].1, None);
+        let p = pod("w2", "d", json!({"app": "web"}), anti("web", "topology.kubernetes.io/zone"));
+        let v = verdicts(&c, &p);
+        assert_eq!(v[1].1.as_deref(), Some(ANTI_AFFINITY_RULES));
+        assert_eq!(v[2].1, None);
+        // Another namespace is not selected by default.
+        let p = pod("w2", "other", json!({"app": "web"}), anti("web", "kubernetes.io/hostname"));
+        assert!(verdicts(&c, &p).iter().all(|(_, r)| r.is_none()));
+    }
+
+    #[test]
+    fn existing_pods_anti_affinity_is_symmetric() {
+        let mut c = cluster();
+        place(&mut c, pod("db", "d", json!({"app": "db"}), anti("web", "topology.kubernetes.io/zone")), "c");
+        let p = pod("w", "d", json!({"app": "web"}), json!({}));
+        let v = verdicts(&c, &p);
+        assert_eq!(v[2].1.as_deref(), Some(EXISTING_ANTI_AFFINITY));
+        assert_eq!(v[0].1, None);
+    }
+
+    #[test]
+    fn required_affinity_needs_a_matching_pod_in_the_domain_except_for_the_first_of_a_group() {
+        let mut c = cluster();
+        let aff = json!({"affinity": {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{"labelSelector": {"matchLabels": {"app": "cache"}}, "topologyKey": "topology.kubernetes.io/zone"}]}}});
+        // Nothing matches anywhere and the pod does not match itself: nowhere.
+        let p = pod("w", "d", json!({"app": "web"}), aff.clone());
+        assert!(verdicts(&c, &p).iter().all(|(_, r)| r.as_deref() == Some(AFFINITY_RULES)));
+        // The first pod of a self-affine group goes anywhere.
+        let first = pod("c0", "d", json!({"app": "cache"}), aff.clone());
+        assert!(verdicts(&c, &first).iter().all(|(_, r)| r.is_none()));
+        place(&mut c, pod("c1", "d", json!({"app": "cache"}), json!({})), "b");
+        let v = verdicts(&c, &p);
+        assert_eq!(v[0].1, None, "same zone as b");
+        assert_eq!(v[1].1, None);
+        assert_eq!(v[2].1.as_deref(), Some(AFFINITY_RULES));
+    }
+
+    #[test]
+    fn namespace_selector_selects_by_namespace_labels() {
+        let mut c = cluster();
+        c.namespaces.insert("prod".into(), [("env".to_string(), "prod".to_string())].into());
+        place(&mut c, pod("x", "prod", json!({"app": "web"}), json!({})), "a");
+        let spec = json!({"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{"labelSelector": {"matchLabels": {"app": "web"}}, "namespaceSelector": {"matchLabels": {"env": "prod"}}, "topologyKey": "kubernetes.io/hostname"}]}}});
+        let v = verdicts(&c, &pod("y", "d", json!({}), spec));
+        assert_eq!(v[0].1.as_deref(), Some(ANTI_AFFINITY_RULES));
+    }
+
+    fn spread(key: &str, skew: i32, extra: serde_json::Value) -> serde_json::Value {
+        let mut c = json!({"maxSkew": skew, "topologyKey": key, "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "web"}}});
+        for (k, v) in extra.as_object().cloned().unwrap_or_default() {
+            c[k] = v;
+        }
+        json!({"topologySpreadConstraints": [c]})
+    }
+
+    #[test]
+    fn topology_spread_limits_the_skew_between_zones() {
+        let mut c = cluster();
+        place(&mut c, pod("w1", "d", json!({"app": "web"}), json!({})), "a");
+        let p = pod("w2", "d", json!({"app": "web"}), spread("topology.kubernetes.io/zone", 1, json!({})));
+        let v = verdicts(&c, &p);
+        // z1 has 1, z2 has 0: another in z1 makes the skew 2.
+        assert_eq!(v[0].1.as_deref(), Some(SPREAD));
+        assert_eq!(v[1].1.as_deref(), Some(SPREAD));
+        assert_eq!(v[2].1, None);
+        let p = pod("w2", "d", json!({"app": "web"}), spread("topology.kubernetes.io/zone", 2, json!({})));
+        assert!(verdicts(&c, &p).iter().all(|(_, r)| r.is_none()));
+        // Pods of other namespaces do not count.
+        let p = pod("w2", "other", json!({"app": "web"}), spread("topology.kubernetes.io/zone", 1, json!({})));
+        assert!(verdicts(&c, &p).iter().all(|(_, r)| r.is_none()));
+    }
+
+    #[test]
+    fn topology_spread_min_domains_and_missing_labels() {
+        let mut c = cluster();
+        place(&mut c, pod("w1", "d", json!({"app": "web"}), json!({})), "c");
+        place(&mut c, pod("w2", "d", json!({"app": "web"}), json!({})), "a");
+        // Two zones with one pod each: the global minimum is 1; with minDomains 3 it is 0.
+        let p = pod("w3", "d", json!({"app": "web"}), spread("topology.kubernetes.io/zone", 1, json!({})));
+        assert!(verdicts(&c, &p).iter().all(|(_, r)| r.is_none()));
+        let p = pod("w3", "d", json!({"app": "web"}), spread("topology.kubernetes.io/zone", 1, json!({"minDomains": 3})));
+        assert!(verdicts(&c, &p).iter().all(|(_, r)| r.as_deref() == Some(SPREAD)));
+        let p = pod("w3", "d", json!({"app": "web"}), spread("rack", 1, json!({})));
+        assert!(verdicts(&c, &p).iter().all(|(_, r)| r.as_deref() == Some(SPREAD_MISSING_LABEL)));
+    }
+
+    #[test]
+    fn topology_spread_honors_node_affinity_by_default() {
+        let mut c = cluster();
+        place(&mut c, pod("w1", "d", json!({"app": "web"}), json!({})), "c");
+        // Only z2 is eligible with the selector: it has 1, the minimum is 1, skew stays 1.
+        let mut spec = spread("topology.kubernetes.io/zone", 1, json!({}));
+        spec["nodeSelector"] = json!({"topology.kubernetes.io/zone": "z2"});
+        let prep = prepare(&c, &pod("w2", "d", json!({"app": "web"}), spec.clone()));
+        assert!(prep.filter(c.node("c").and_then(|i| i.node.as_deref()).expect("c")).is_ok());
+        spec["topologySpreadConstraints"][0]["nodeAffinityPolicy"] = json!("Ignore");
+        let prep = prepare(&c, &pod("w2", "d", json!({"app": "web"}), spec));
+        assert!(prep.filter(c.node("c").and_then(|i| i.node.as_deref()).expect("c")).is_err());
+    }
+
+    #[test]
+    fn preferred_terms_score_by_weight() {
+        let mut c = cluster();
+        place(&mut c, pod("x", "d", json!({"app": "cache"}), json!({})), "a");
+        let spec = json!({"affinity": {"podAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 10, "podAffinityTerm": {"labelSelector": {"matchLabels": {"app": "cache"}}, "topologyKey": "kubernetes.io/hostname"}}]}}});
+        let prep = prepare(&c, &pod("w", "d", json!({}), spec));
+        let nodes: Vec<&Node> = ["a", "b", "c"].iter().filter_map(|n| c.node(n).and_then(|i| i.node.as_deref())).collect();
+        assert_eq!(prep.affinity_scores(&nodes), Some(vec![100, 0, 0]));
+        let spec = json!({"affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 10, "podAffinityTerm": {"labelSelector": {"matchLabels": {"app": "cache"}}, "topologyKey": "topology.kubernetes.io/zone"}}]}}});
+        let prep = prepare(&c, &pod("w", "d", json!({}), spec));
+        assert_eq!(prep.affinity_scores(&nodes), Some(vec![0, 0, 100]));
+    }
+
+    #[test]
+    fn schedule_anyway_spread_prefers_the_emptier_domain() {
+        let mut c = cluster();
+        place(&mut c, pod("w1", "d", json!({"app": "web"}), json!({})), "a");
+        let mut spec = spread("topology.kubernetes.io/zone", 1, json!({}));
+        spec["topologySpreadConstraints"][0]["whenUnsatisfiable"] = json!("ScheduleAnyway");
+        let prep = prepare(&c, &pod("w2", "d", json!({"app": "web"}), spec));
+        let nodes: Vec<&Node> = ["a", "b", "c"].iter().filter_map(|n| c.node(n).and_then(|i| i.node.as_deref())).collect();
+        let s = prep.spread_scores(&nodes).expect("scores");
+        assert!(s[2] > s[0] && s[0] == s[1], "{s:?}");
+        assert!(prep.filter(nodes[0]).is_ok(), "ScheduleAnyway never filters");
+    }
+}
