@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench_sched;
 mod components;
 
 // glibc malloc showed up at ~8% of CPU under write load (consolidation, arena locks).
@@ -226,8 +227,8 @@ fn main() -> ExitCode {
             Ok(())
         })(),
         Cmd::Bench { what: BenchCmd::Sched { nodes, pods, kinds, deployment, clients, dir } } => (|| {
-            let o = sched::bench::BenchOptions { kuberaft_bin: std::env::current_exe()?, work_dir: dir, nodes, pods, kinds, deployment_replicas: deployment, clients };
-            let table = tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(sched::bench::run(o))?;
+            let o = bench_sched::BenchOptions { kuberaft_bin: std::env::current_exe()?, work_dir: dir, nodes, pods, kinds, deployment_replicas: deployment, clients };
+            let table = tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(bench_sched::run(o))?;
             println!("{table}");
             Ok(())
         })(),

@@ -1,7 +1,6 @@
 //! The kuberaft scheduler: an API client that binds pending pods to nodes, as the holder of a
 //! Lease (see `election`, which the controllers use too).
 
-pub mod bench;
 mod cache;
 pub mod client;
 pub mod election;

@@ -366,7 +366,7 @@ pub async fn run(o: BenchOptions) -> anyhow::Result<String> {
     for &nodes in &o.nodes {
         let dir = o.work_dir.join(format!("n{nodes}"));
         let mut procs = start_replica(&o, &dir, &pki)?;
-        let config = crate::client::config_from_files(&format!("https://{IP}:6443"), &pki.join("ca.crt"), &pki.join("client.crt"), &pki.join("client.key")).await?;
+        let config = sched::client::config_from_files(&format!("https://{IP}:6443"), &pki.join("ca.crt"), &pki.join("client.crt"), &pki.join("client.key")).await?;
         let client = kube::Client::try_from(config)?;
         wait_api(&client).await?;
         start_hollow(&o, &dir, &kubeconfig, nodes, &mut procs)?;
