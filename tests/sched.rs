@@ -358,8 +358,9 @@ fn wait_sync<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>)
     }
 }
 
-fn prio_pod(name: &str, priority: i32, extra: &str) -> String {
-    pod_yaml(name, "10Mi", &format!("  priority: {priority}\n{extra}")).replace("cpu: 100m", "cpu: 1500m")
+/// A pod of PriorityClass `class` (Priority admission turns it into spec.priority).
+fn prio_pod(name: &str, class: &str) -> String {
+    pod_yaml(name, "10Mi", &format!("  priorityClassName: {class}\n")).replace("cpu: 100m", "cpu: 1500m")
 }
 
 #[test]
@@ -370,11 +371,14 @@ fn a_higher_priority_pod_preempts_a_lower_one_and_preemption_policy_never_waits(
     let long = Duration::from_secs(40);
     wait_sync("node pre Ready", long, || (get(&c, &["get", "node", "pre", "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}"]) == "True").then_some(()));
 
-    create(&c, &prio_pod("low", 0, ""));
+    for (class, value, policy) in [("low", 0, "PreemptLowerPriority"), ("high", 1000, "PreemptLowerPriority"), ("polite", 2000, "Never")] {
+        create(&c, &format!("apiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata: {{name: {class}}}\nvalue: {value}\npreemptionPolicy: {policy}\n"));
+    }
+    create(&c, &prio_pod("low", "low"));
     assert_eq!(wait_sync("low bound", long, || node_of(&c, "low")), "pre");
     let low_uid = get(&c, &["get", "pod", "low", "-o", "jsonpath={.metadata.uid}"]);
 
-    create(&c, &prio_pod("high", 1000, ""));
+    create(&c, &prio_pod("high", "high"));
     let high_uid = get(&c, &["get", "pod", "high", "-o", "jsonpath={.metadata.uid}"]);
     assert_eq!(wait_sync("high bound after preemption", long, || node_of(&c, "high")), "pre");
     assert_eq!(get(&c, &["get", "pod", "high", "-o", "jsonpath={.status.nominatedNodeName}"]), "pre");
@@ -389,7 +393,7 @@ fn a_higher_priority_pod_preempts_a_lower_one_and_preemption_policy_never_waits(
     assert!(failed.iter().any(|m| m == "0/1 nodes are available: 1 Insufficient cpu."), "{failed:?}");
 
     // preemptionPolicy Never: it waits, even with a higher priority.
-    create(&c, &prio_pod("polite", 2000, "  preemptionPolicy: Never\n"));
+    create(&c, &prio_pod("polite", "polite"));
     let ev = wait_sync("FailedScheduling of polite", long, || events(&c, "polite").into_iter().find(|(r, _)| r == "FailedScheduling"));
     assert_eq!(ev.1, "0/1 nodes are available: 1 Insufficient cpu. preemption: not eligible due to preemptionPolicy=Never.");
     assert_eq!(node_of(&c, "high").as_deref(), Some("pre"));
