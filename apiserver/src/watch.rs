@@ -3,10 +3,12 @@
 //! selectors. An object that stops matching is sent as DELETED and one that starts matching as
 //! ADDED. A revision below the compaction point ends the stream with a 410 ERROR event.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use raftstore::types::{Event, EventKind};
+use raftstore::types::{Event, EventKind, KeyValue};
 use raftstore::watch::{WatchOut, WatchSpec};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -29,7 +31,57 @@ struct Encoder {
     headers_sent: bool,
 }
 
+/// Every watcher of a resource receives the same stored versions: each is decoded, and its
+/// event line encoded, once per process rather than once per watcher. Entries are keyed by the
+/// key and the revision that wrote that version (the value stamped with it), so they never go
+/// stale; the caches are simply emptied when full.
+struct Shared {
+    values: HashMap<(Vec<u8>, i64), Arc<Value>>,
+    lines: HashMap<(Vec<u8>, i64, &'static str), Bytes>,
+}
+
+const SHARED_ENTRIES: usize = 8192;
+
+fn shared() -> MutexGuard<'static, Shared> {
+    static SHARED: OnceLock<Mutex<Shared>> = OnceLock::new();
+    SHARED.get_or_init(|| Mutex::new(Shared { values: HashMap::new(), lines: HashMap::new() })).lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The stored version `kv` as an object with its resourceVersion, decoded once.
+fn decoded(kv: &KeyValue) -> Option<Arc<Value>> {
+    let id = (kv.key.clone(), kv.mod_revision);
+    if let Some(v) = shared().values.get(&id) {
+        return Some(v.clone());
+    }
+    let v = Arc::new(decode(kv).ok()?);
+    let mut s = shared();
+    if s.values.len() >= SHARED_ENTRIES {
+        s.values.clear();
+    }
+    s.values.insert(id, v.clone());
+    Some(v)
+}
+
 impl Encoder {
+    /// The event line for `obj`, the version of `key` stamped with `rev`: encoded once for all
+    /// plain watchers (Table watchers differ per watcher).
+    fn shared_event(&mut self, ty: &'static str, key: &[u8], rev: i64, obj: &Value) -> Bytes {
+        if self.table {
+            return self.event(ty, obj);
+        }
+        let id = (key.to_vec(), rev, ty);
+        if let Some(b) = shared().lines.get(&id) {
+            return b.clone();
+        }
+        let b = self.event(ty, obj);
+        let mut s = shared();
+        if s.lines.len() >= SHARED_ENTRIES {
+            s.lines.clear();
+        }
+        s.lines.insert(id, b.clone());
+        b
+    }
+
     fn event(&mut self, ty: &str, obj: &Value) -> Bytes {
         let object = if self.table {
             let rv = obj["metadata"]["resourceVersion"].as_str().unwrap_or("").to_string();
@@ -192,26 +244,28 @@ fn scopeguard(m: std::sync::Arc<crate::metrics::ApiMetrics>) -> WatchGuard {
 
 /// One store event as a Kubernetes watch event (or nothing, if it does not concern this watch).
 fn convert(enc: &mut Encoder, e: &Event, matches: &impl Fn(&Value) -> bool) -> Option<Bytes> {
-    let prev = e.prev_kv.as_ref().and_then(|kv| decode(kv).ok());
-    let was = prev.as_ref().map(matches).unwrap_or(false);
+    let prev = e.prev_kv.as_ref().and_then(decoded);
+    let was = prev.as_deref().map(matches).unwrap_or(false);
     match e.kind {
         EventKind::Put => {
-            let cur = decode(&e.kv).ok()?;
+            let cur = decoded(&e.kv)?;
             let is = matches(&cur);
-            match (was, is) {
-                (false, true) => Some(enc.event("ADDED", &cur)),
-                (true, true) => Some(enc.event("MODIFIED", &cur)),
-                (true, false) => Some(enc.event("DELETED", &cur)),
-                (false, false) => None,
-            }
+            let ty = match (was, is) {
+                (false, true) => "ADDED",
+                (true, true) => "MODIFIED",
+                (true, false) => "DELETED",
+                (false, false) => return None,
+            };
+            Some(enc.shared_event(ty, &e.kv.key, e.kv.mod_revision, &cur))
         }
         EventKind::Delete => {
             if !was {
                 return None;
             }
-            let mut last = prev?;
+            // The last version, stamped with the deleting revision.
+            let mut last = (*prev?).clone();
             crate::store::set_rv(&mut last, e.kv.mod_revision);
-            Some(enc.event("DELETED", &last))
+            Some(enc.shared_event("DELETED", &e.kv.key, e.kv.mod_revision, &last))
         }
     }
 }
