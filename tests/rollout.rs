@@ -141,9 +141,12 @@ fn rolling_update_stays_within_surge_and_unavailability_and_pause_holds_it() {
     rs_task.abort();
 
     let e = seen.lock().unwrap();
-    assert!(e.max_pods <= 8, "more than replicas + maxSurge pods at once: {e:?}");
-    assert!(e.min_ready >= 5, "fewer than replicas - maxUnavailable ready pods: {e:?}");
+    // The Deployment controller bounds the ReplicaSets' replicas exactly (as upstream, it counts
+    // spec.replicas); a pod of a ReplicaSet just scaled down lives on until that ReplicaSet's
+    // controller deletes it, so pods may briefly exceed the bound by the one being removed.
     assert!(e.max_rs_replicas <= 8, "ReplicaSets scaled beyond replicas + maxSurge: {e:?}");
+    assert!(e.max_pods <= 9, "pods beyond replicas + maxSurge (+1 being removed): {e:?}");
+    assert!(e.min_ready >= 5, "fewer than replicas - maxUnavailable ready pods: {e:?}");
     assert!(e.max_pods > 6, "the rollout never surged, so the sampling saw nothing: {e:?}");
     let images = c.kubectl_ok(&["get", "pods", "-l", "app=web", "-o", "jsonpath={.items[*].spec.containers[0].image}"]);
     assert_eq!(images.split_whitespace().filter(|i| *i == "nginx:3").count(), 6, "{images}");

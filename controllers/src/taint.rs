@@ -26,6 +26,10 @@ const COMPONENT: &str = "taint-eviction-controller";
 struct Ctx {
     client: Client,
     nodes: Store<Node>,
+    /// The newest version of each node that the controller's own node watch has shown. Its
+    /// events trigger the reconciles, and the reflector behind `nodes` may not have seen that
+    /// version yet: a reconcile must not judge a pod by an older node than the one that woke it.
+    latest: Arc<Mutex<HashMap<String, Arc<Node>>>>,
     /// Pods with a deletion pending (namespace/name → uid, and when the wait started, for
     /// taints without timeAdded), for the cancellation event.
     scheduled: Mutex<HashMap<String, (String, jiff::Timestamp)>>,
@@ -35,16 +39,39 @@ pub async fn run(client: Client) -> anyhow::Result<()> {
     let (nodes, nodes_fut) = crate::nodelifecycle::reflect(Api::<Node>::all(client.clone()), watcher::Config::default());
     let ctl = Controller::new(Api::<Pod>::all(client.clone()), watcher::Config::default().fields("spec.nodeName!="));
     let pods = ctl.store();
+    let latest: Arc<Mutex<HashMap<String, Arc<Node>>>> = Arc::default();
+    let seen = latest.clone();
     let ctl = ctl.watches(Api::<Node>::all(client.clone()), watcher::Config::default(), move |node: Node| {
         let name = node.name_any();
-        pods.state().iter().filter(|p| node_of(p) == Some(name.as_str())).map(|p| ObjectRef::from_obj(p.as_ref())).collect::<Vec<_>>()
+        let refs = pods.state().iter().filter(|p| node_of(p) == Some(name.as_str())).map(|p| ObjectRef::from_obj(p.as_ref())).collect::<Vec<_>>();
+        let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.get(&name).is_none_or(|old| rv_of(old) <= rv_of(&node)) {
+            seen.insert(name, Arc::new(node));
+        }
+        refs
     });
-    let ctx = Arc::new(Ctx { client, nodes, scheduled: Mutex::new(HashMap::new()) });
+    let ctx = Arc::new(Ctx { client, nodes, latest, scheduled: Mutex::new(HashMap::new()) });
     tokio::select! {
         _ = nodes_fut => {}
         _ = crate::util::drain("taint-eviction", ctl.run(reconcile, crate::util::error_policy, ctx)) => {}
     }
     Ok(())
+}
+
+fn rv_of(node: &Node) -> u64 {
+    node.metadata.resource_version.as_deref().and_then(|r| r.parse().ok()).unwrap_or(0)
+}
+
+impl Ctx {
+    /// The newer of the reflector's copy of a node and the one that triggered us.
+    fn node(&self, name: &str) -> Option<Arc<Node>> {
+        let cached = self.nodes.get(&ObjectRef::new(name));
+        let seen = self.latest.lock().unwrap_or_else(|p| p.into_inner()).get(name).cloned();
+        match (cached, seen) {
+            (Some(c), Some(s)) => Some(if rv_of(&s) > rv_of(&c) { s } else { c }),
+            (c, s) => c.or(s),
+        }
+    }
 }
 
 fn node_of(pod: &Pod) -> Option<&str> {
@@ -120,7 +147,7 @@ async fn sync(pod: &Pod, ctx: &Ctx) -> anyhow::Result<Action> {
         ctx.scheduled.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
         return Ok(Action::await_change());
     }
-    let Some(node) = node_of(pod).and_then(|n| ctx.nodes.get(&ObjectRef::new(n))) else { return Ok(Action::await_change()) };
+    let Some(node) = node_of(pod).and_then(|n| ctx.node(n)) else { return Ok(Action::await_change()) };
     let taints: Vec<&Taint> = crate::nodelifecycle::taints(&node).iter().filter(|t| t.effect == "NoExecute").collect();
     let tolerations = pod.spec.as_ref().and_then(|s| s.tolerations.clone()).unwrap_or_default();
     let at = match verdict(&taints, &tolerations) {
