@@ -91,23 +91,33 @@ fn killing_every_replica_at_once_loses_no_acknowledged_write() {
     rt().block_on(async {
         let eps = c.endpoints();
         let mut acked = Vec::new();
+        let progress = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let writer = {
             let eps = eps.clone();
             let pki = c.path().join("pki");
+            let progress = progress.clone();
             tokio::spawn(async move {
                 let mut cli = common::client_for(&pki, &eps).await;
                 let mut ok = Vec::new();
                 for i in 0..100_000 {
                     let key = format!("w{i:06}");
                     match tokio::time::timeout(Duration::from_secs(2), cli.put(key.as_str(), "v", None)).await {
-                        Ok(Ok(_)) => ok.push(key),
+                        Ok(Ok(_)) => {
+                            ok.push(key);
+                            progress.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
                         _ => break,
                     }
                 }
                 ok
             })
         };
+        // Kill in the middle of a steady stream of writes (a loaded machine writes slower).
+        let started = Instant::now();
         tokio::time::sleep(Duration::from_millis(1500)).await;
+        while progress.load(std::sync::atomic::Ordering::Relaxed) <= 10 && started.elapsed() < Duration::from_secs(15) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         for n in ["n1", "n2", "n3"] {
             c.script_ok(&["kill", n]);
         }
