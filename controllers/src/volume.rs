@@ -304,7 +304,13 @@ async fn chosen_node(pvc: &PersistentVolumeClaim, ctx: &Ctx) -> anyhow::Result<O
             pods.items.into_iter().filter(|p| claim_names(p).contains(&name)).find_map(|p| p.spec.and_then(|s| s.node_name).filter(|n| !n.is_empty()))
         }
     };
-    Ok(picked.and_then(|n| ctx.nodes.get(&ObjectRef::new(&n))))
+    let Some(name) = picked else { return Ok(None) };
+    if let Some(node) = ctx.nodes.get(&ObjectRef::new(&name)) {
+        return Ok(Some(node));
+    }
+    // A node our cache has not seen yet (just registered): read it rather than wait for a
+    // change of the claim that may never come.
+    Ok(Api::<Node>::all(ctx.client.clone()).get_opt(&name).await?.map(Arc::new))
 }
 
 /// Writes the claimRef into a free volume; the resourceVersion makes it a compare-and-swap.
