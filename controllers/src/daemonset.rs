@@ -325,11 +325,11 @@ async fn sync(ds: &DaemonSet, ctx: &Ctx) -> anyhow::Result<Action> {
                 if matches {
                     mine.push(pod);
                 } else {
-                    release(&pods_api, &pod, &uid).await;
+                    crate::util::release_pod(&pods_api, &pod, &uid).await;
                 }
             }
             None if matches && pod.metadata.deletion_timestamp.is_none() => {
-                if let Some(p) = adopt(&pods_api, &pod, ds).await {
+                if let Some(p) = crate::util::adopt_pod(&pods_api, &pod, ds).await {
                     mine.push(p);
                 }
             }
@@ -550,28 +550,6 @@ async fn sync(ds: &DaemonSet, ctx: &Ctx) -> anyhow::Result<Action> {
         requeue = Some(requeue.map_or(r, |x| x.min(r)));
     }
     Ok(requeue.map(Action::requeue).unwrap_or_else(Action::await_change))
-}
-
-async fn adopt(api: &Api<Pod>, pod: &Pod, ds: &DaemonSet) -> Option<Pod> {
-    let mut refs = pod.metadata.owner_references.clone().unwrap_or_default();
-    refs.push(owner_ref(ds)?);
-    let patch = json!({"metadata": {"ownerReferences": refs, "resourceVersion": pod.metadata.resource_version}});
-    match api.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await {
-        Ok(p) => Some(p),
-        Err(e) => {
-            tracing::debug!(pod = %pod.name_any(), error = %e, "adopting pod failed");
-            None
-        }
-    }
-}
-
-async fn release(api: &Api<Pod>, pod: &Pod, uid: &str) {
-    let refs: Vec<_> = pod.metadata.owner_references.iter().flatten().filter(|r| r.uid != uid).cloned().collect();
-    let refs = if refs.is_empty() { serde_json::Value::Null } else { json!(refs) };
-    let patch = json!({"metadata": {"ownerReferences": refs, "resourceVersion": pod.metadata.resource_version}});
-    if let Err(e) = api.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await {
-        tracing::debug!(pod = %pod.name_any(), error = %e, "releasing pod failed");
-    }
 }
 
 #[cfg(test)]

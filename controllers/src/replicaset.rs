@@ -74,11 +74,11 @@ async fn sync(rs: &ReplicaSet, client: &Client) -> anyhow::Result<Action> {
                     mine.push(pod);
                 } else if !deleting {
                     // Its labels changed: let it go, as upstream's ControllerRefManager does.
-                    release(&pods_api, &pod, &uid).await;
+                    crate::util::release_pod(&pods_api, &pod, &uid).await;
                 }
             }
             None if matches && !deleting && pod.metadata.deletion_timestamp.is_none() => {
-                if let Some(p) = adopt(&pods_api, &pod, rs).await {
+                if let Some(p) = crate::util::adopt_pod(&pods_api, &pod, rs).await {
                     mine.push(p);
                 }
             }
@@ -163,33 +163,6 @@ fn pod_from_template(rs: &ReplicaSet) -> anyhow::Result<Pod> {
         spec: template.spec,
         status: None,
     })
-}
-
-/// Takes an orphan by adding our controller ref; the resourceVersion makes it a compare-and-swap
-/// so two controllers cannot both adopt it.
-async fn adopt(api: &Api<Pod>, pod: &Pod, rs: &ReplicaSet) -> Option<Pod> {
-    let mut refs = pod.metadata.owner_references.clone().unwrap_or_default();
-    refs.push(owner_ref(rs)?);
-    let patch = json!({"metadata": {"ownerReferences": refs, "resourceVersion": pod.metadata.resource_version}});
-    match api.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await {
-        Ok(p) => {
-            tracing::info!(pod = %pod.name_any(), rs = %rs.name_any(), "adopted pod");
-            Some(p)
-        }
-        Err(e) => {
-            tracing::debug!(pod = %pod.name_any(), error = %e, "adopting pod failed");
-            None
-        }
-    }
-}
-
-async fn release(api: &Api<Pod>, pod: &Pod, uid: &str) {
-    let refs: Vec<_> = pod.metadata.owner_references.iter().flatten().filter(|r| r.uid != uid).cloned().collect();
-    let refs = if refs.is_empty() { serde_json::Value::Null } else { json!(refs) };
-    let patch = json!({"metadata": {"ownerReferences": refs, "resourceVersion": pod.metadata.resource_version}});
-    if let Err(e) = api.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await {
-        tracing::debug!(pod = %pod.name_any(), error = %e, "releasing pod failed");
-    }
 }
 
 /// Orders pods so the ones to delete first come first (upstream controller.ActivePods):

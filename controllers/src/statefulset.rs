@@ -239,11 +239,11 @@ async fn sync(sts: &StatefulSet, client: &Client) -> anyhow::Result<Action> {
                 if matches {
                     mine.insert(ord, pod);
                 } else {
-                    release(&pods_api, &pod, &uid).await;
+                    crate::util::release_pod(&pods_api, &pod, &uid).await;
                 }
             }
             None if matches && pod.metadata.deletion_timestamp.is_none() => {
-                if let Some(p) = adopt(&pods_api, &pod, sts).await {
+                if let Some(p) = crate::util::adopt_pod(&pods_api, &pod, sts).await {
                     mine.insert(ord, p);
                 }
             }
@@ -475,28 +475,6 @@ impl Claims<'_> {
                 .with_context(|| format!("set the owners of claim {cname}"))?;
         }
         Ok(())
-    }
-}
-
-async fn adopt(api: &Api<Pod>, pod: &Pod, sts: &StatefulSet) -> Option<Pod> {
-    let mut refs = pod.metadata.owner_references.clone().unwrap_or_default();
-    refs.push(owner_ref(sts)?);
-    let patch = json!({"metadata": {"ownerReferences": refs, "resourceVersion": pod.metadata.resource_version}});
-    match api.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await {
-        Ok(p) => Some(p),
-        Err(e) => {
-            tracing::debug!(pod = %pod.name_any(), error = %e, "adopting pod failed");
-            None
-        }
-    }
-}
-
-async fn release(api: &Api<Pod>, pod: &Pod, uid: &str) {
-    let refs: Vec<_> = pod.metadata.owner_references.iter().flatten().filter(|r| r.uid != uid).cloned().collect();
-    let refs = if refs.is_empty() { serde_json::Value::Null } else { json!(refs) };
-    let patch = json!({"metadata": {"ownerReferences": refs, "resourceVersion": pod.metadata.resource_version}});
-    if let Err(e) = api.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await {
-        tracing::debug!(pod = %pod.name_any(), error = %e, "releasing pod failed");
     }
 }
 

@@ -113,6 +113,37 @@ where
         .await
 }
 
+/// Takes an orphan pod by adding `owner`'s controller ref; the resourceVersion makes it a
+/// compare-and-swap so two controllers cannot both adopt it. None if that failed.
+pub async fn adopt_pod<K: Resource<DynamicType = ()>>(api: &kube::Api<Pod>, pod: &Pod, owner: &K) -> Option<Pod> {
+    use kube::ResourceExt;
+    let mut refs = pod.metadata.owner_references.clone().unwrap_or_default();
+    refs.push(owner_ref(owner)?);
+    let patch = serde_json::json!({"metadata": {"ownerReferences": refs, "resourceVersion": pod.metadata.resource_version}});
+    match api.patch(&pod.name_any(), &kube::api::PatchParams::default(), &kube::api::Patch::Merge(patch)).await {
+        Ok(p) => {
+            tracing::info!(pod = %pod.name_any(), owner = %format!("{}/{}", K::kind(&()), owner.meta().name.as_deref().unwrap_or("")), "adopted pod");
+            Some(p)
+        }
+        Err(e) => {
+            tracing::debug!(pod = %pod.name_any(), error = %e, "adopting pod failed");
+            None
+        }
+    }
+}
+
+/// Lets a pod go whose labels no longer match: drops the ownerReference with `uid`, guarded
+/// by the pod's resourceVersion. Best effort (the next sync tries again).
+pub async fn release_pod(api: &kube::Api<Pod>, pod: &Pod, uid: &str) {
+    use kube::ResourceExt;
+    let refs: Vec<_> = pod.metadata.owner_references.iter().flatten().filter(|r| r.uid != uid).cloned().collect();
+    let refs = if refs.is_empty() { serde_json::Value::Null } else { serde_json::json!(refs) };
+    let patch = serde_json::json!({"metadata": {"ownerReferences": refs, "resourceVersion": pod.metadata.resource_version}});
+    if let Err(e) = api.patch(&pod.name_any(), &kube::api::PatchParams::default(), &kube::api::Patch::Merge(patch)).await {
+        tracing::debug!(pod = %pod.name_any(), error = %e, "releasing pod failed");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
