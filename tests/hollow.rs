@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::Cluster;
+use common::{eventually, Cluster};
 
 /// A runtime running hollow nodes in the background (dropped with the test).
 struct Hollow {
@@ -35,18 +35,6 @@ impl Hollow {
         if self.task.is_finished() {
             let r = self.rt.block_on(&mut self.task);
             panic!("hollow nodes stopped: {r:?}");
-        }
-    }
-}
-
-/// Polls `f` until it returns Some, or panics with the last value seen.
-fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match f() {
-            Ok(v) => return v,
-            Err(last) if Instant::now() > deadline => panic!("{what}: not within {timeout:?}; last: {last}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(250)),
         }
     }
 }

@@ -14,29 +14,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::Cluster;
+use common::{eventually, Hollow, Cluster};
 use serde_json::Value;
 
 /// A runtime running hollow nodes in the background (dropped with the test).
-struct Hollow {
-    _rt: tokio::runtime::Runtime,
-}
-
-impl Hollow {
-    fn start(c: &Cluster, flags: &[&str]) -> Hollow {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-        let kubeconfig = c.path().join("n1").join("kubeconfig");
-        let config = rt.block_on(async {
-            let kc = kube::config::Kubeconfig::read_from(&kubeconfig).expect("kubeconfig");
-            kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.expect("config")
-        });
-        let mut all = vec!["--hollow", "--kubeconfig", kubeconfig.to_str().expect("utf-8 path")];
-        all.extend_from_slice(flags);
-        let args = node::NodeArgs::from_flags(all).expect("flags");
-        rt.spawn(node::run_hollow(config, args));
-        Hollow { _rt: rt }
-    }
-}
 
 /// A thread standing in for kubelets: every 300 ms, `decide(pod)` may name a status to patch.
 struct FakeKubelet(Arc<AtomicBool>);
@@ -84,18 +65,6 @@ fn finished_status(ok: bool) -> Value {
     let (ph, reason, code) = if ok { ("Succeeded", "Completed", 0) } else { ("Failed", "Error", 1) };
     serde_json::json!({"phase": ph, "containerStatuses": [{"name": "c", "image": "busybox", "imageID": "", "ready": false, "restartCount": 0,
         "state": {"terminated": {"exitCode": code, "reason": reason, "startedAt": now, "finishedAt": now}}}]})
-}
-
-/// Polls `f` until it returns Ok, or panics with the last Err.
-fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match f() {
-            Ok(v) => return v,
-            Err(last) if Instant::now() > deadline => panic!("{what}: not within {timeout:?}; last: {last}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(250)),
-        }
-    }
 }
 
 fn json(c: &Cluster, args: &[&str]) -> Value {

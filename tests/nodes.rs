@@ -9,7 +9,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, KillOnDrop};
+use common::{eventually, Cluster, KillOnDrop};
 
 /// Short grace periods so a dead node is noticed in seconds.
 const FLAGS: &[&str] = &[
@@ -36,18 +36,6 @@ fn hollow(c: &Cluster, name: &str, count: usize) -> KillOnDrop {
         .spawn()
         .expect("hollow node process");
     KillOnDrop(child)
-}
-
-/// Polls `f` until it returns Ok, or panics with the last error.
-fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match f() {
-            Ok(v) => return v,
-            Err(last) if Instant::now() > deadline => panic!("{what}: not within {timeout:?}; last: {last}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(250)),
-        }
-    }
 }
 
 fn json(c: &Cluster, args: &[&str]) -> Result<serde_json::Value, String> {

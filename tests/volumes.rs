@@ -5,41 +5,10 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::Cluster;
+use common::{eventually, Cluster, Hollow};
 use serde_json::Value;
-
-struct Hollow {
-    _rt: tokio::runtime::Runtime,
-}
-
-impl Hollow {
-    fn start(c: &Cluster, flags: &[&str]) -> Hollow {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-        let kubeconfig = c.path().join("n1").join("kubeconfig");
-        let config = rt.block_on(async {
-            let kc = kube::config::Kubeconfig::read_from(&kubeconfig).expect("kubeconfig");
-            kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.expect("config")
-        });
-        let mut all = vec!["--hollow", "--kubeconfig", kubeconfig.to_str().expect("utf-8 path")];
-        all.extend_from_slice(flags);
-        let args = node::NodeArgs::from_flags(all).expect("flags");
-        rt.spawn(node::run_hollow(config, args));
-        Hollow { _rt: rt }
-    }
-}
-
-fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match f() {
-            Ok(v) => return v,
-            Err(last) if Instant::now() > deadline => panic!("{what}: not within {timeout:?}; last: {last}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(250)),
-        }
-    }
-}
 
 fn get_json(c: &Cluster, args: &[&str]) -> Result<Value, String> {
     let out = c.kubectl(&[args, &["-o", "json"]].concat());

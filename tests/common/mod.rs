@@ -330,3 +330,37 @@ impl Cluster {
 /// Server flags for tests that run their own scheduler or controller manager in the test
 /// process (the replicas' own would compete for the same Leases).
 pub const NO_CONTROLLERS: &[&str] = &["--no-controllers"];
+
+/// Polls `f` until it returns Ok, or panics with the last error seen.
+pub fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(last) if Instant::now() > deadline => panic!("{what}: not within {timeout:?}; last: {last}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(250)),
+        }
+    }
+}
+
+/// Hollow nodes (`node::run_hollow`) in a runtime of their own, talking to replica n1; they
+/// stop when dropped.
+pub struct Hollow {
+    _rt: tokio::runtime::Runtime,
+}
+
+impl Hollow {
+    pub fn start(c: &Cluster, flags: &[&str]) -> Hollow {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+        let kubeconfig = c.path().join("n1").join("kubeconfig");
+        let config = rt.block_on(async {
+            let kc = kube::config::Kubeconfig::read_from(&kubeconfig).expect("kubeconfig");
+            kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.expect("config")
+        });
+        let mut all = vec!["--hollow", "--kubeconfig", kubeconfig.to_str().expect("utf-8 path")];
+        all.extend_from_slice(flags);
+        let args = node::NodeArgs::from_flags(all).expect("flags");
+        rt.spawn(node::run_hollow(config, args));
+        Hollow { _rt: rt }
+    }
+}
