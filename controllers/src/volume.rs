@@ -24,8 +24,8 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
@@ -51,10 +51,8 @@ struct Ctx {
 }
 
 pub async fn run(client: Client) -> anyhow::Result<()> {
-    let (classes, w) = reflector::store::<StorageClass>();
-    let classes_task = reflector::reflector(w, watcher(Api::<StorageClass>::all(client.clone()), watcher::Config::default()).default_backoff()).touched_objects();
-    let (nodes, w) = reflector::store::<Node>();
-    let nodes_task = reflector::reflector(w, watcher(Api::<Node>::all(client.clone()), watcher::Config::default()).default_backoff()).touched_objects();
+    let (classes, classes_task) = crate::nodelifecycle::reflect(Api::<StorageClass>::all(client.clone()), watcher::Config::default());
+    let (nodes, nodes_task) = crate::nodelifecycle::reflect(Api::<Node>::all(client.clone()), watcher::Config::default());
 
     let claim_ctl = Controller::new(Api::<PersistentVolumeClaim>::all(client.clone()), watcher::Config::default());
     let vol_ctl = Controller::new(Api::<PersistentVolume>::all(client.clone()), watcher::Config::default());
@@ -79,17 +77,10 @@ pub async fn run(client: Client) -> anyhow::Result<()> {
     tokio::select! {
         _ = crate::util::drain("persistentvolumeclaim", claim_ctl.run(reconcile_claim, crate::util::error_policy, ctx.clone())) => {}
         _ = crate::util::drain("persistentvolume", vol_ctl.run(reconcile_volume, crate::util::error_policy, ctx.clone())) => {}
-        _ = drain_cache(classes_task) => {}
-        _ = drain_cache(nodes_task) => {}
+        _ = classes_task => {}
+        _ = nodes_task => {}
     }
     anyhow::bail!("volume controller watches ended")
-}
-
-/// Keeps a reflector's cache filled.
-async fn drain_cache<S: futures::Stream>(s: S) {
-    use futures::StreamExt;
-    futures::pin_mut!(s);
-    while s.next().await.is_some() {}
 }
 
 /// Names of the claims a pod's volumes use.
