@@ -122,6 +122,8 @@ pub struct Api {
     pub node_tls: Option<Arc<rustls::ClientConfig>>,
     /// OpenAPI documents by "api/v1"-style path, with their hashes; built on first use.
     openapi: Mutex<Option<Arc<OpenApiDocs>>>,
+    /// The RBAC objects authorization decides by, reloaded only after one of them changed.
+    pub(crate) policy: server::PolicyCache,
 }
 
 pub struct OpenApiDocs {
@@ -148,6 +150,7 @@ impl Api {
         Arc::new(Api {
             signer,
             node_tls,
+            policy: server::PolicyCache::new(&replica),
             store: store::Store { replica },
             catalog: catalog::Catalog::new(),
             cfg: Arc::new(cfg),

@@ -408,8 +408,57 @@ pub async fn decide(api: &Api, attrs: &crate::rbac::Attributes) -> ApiResult<cra
     Ok(crate::rbac::authorize(attrs, &policy))
 }
 
-/// ClusterRoles, ClusterRoleBindings, Roles, RoleBindings (local reads).
-pub async fn load_policy(api: &Api) -> ApiResult<Vec<Vec<Value>>> {
+/// Where every RBAC object is stored (`/registry/rbac.authorization.k8s.io/<plural>/...`).
+const RBAC_PREFIX: &[u8] = b"/registry/rbac.authorization.k8s.io/";
+
+/// The RBAC objects as last read, valid until the apply path reports a change under
+/// [`RBAC_PREFIX`]. The apply path announces every applied batch on this replica's broadcast
+/// before any client is answered, so a request that follows an acknowledged RBAC write (through
+/// any replica that has applied it) drains that announcement first and reloads. A lagged or
+/// reset broadcast (snapshot install) also reloads. Upstream's authorizer reads from informers,
+/// which lag further.
+pub struct PolicyCache {
+    state: tokio::sync::Mutex<PolicyState>,
+}
+
+struct PolicyState {
+    changes: tokio::sync::broadcast::Receiver<raftstore::state_machine::HubMsg>,
+    loaded: Option<Arc<Vec<Vec<Value>>>>,
+}
+
+impl PolicyCache {
+    pub fn new(replica: &raftstore::replica::Replica) -> PolicyCache {
+        PolicyCache { state: tokio::sync::Mutex::new(PolicyState { changes: replica.sm.subscribe(), loaded: None }) }
+    }
+}
+
+impl PolicyState {
+    /// Consumes the announcements so far; true if any of them may touch RBAC objects.
+    fn drain_changed(&mut self) -> bool {
+        use raftstore::state_machine::HubMsg;
+        use tokio::sync::broadcast::error::TryRecvError;
+        let mut changed = false;
+        loop {
+            match self.changes.try_recv() {
+                Ok(HubMsg::Events(batch)) => changed |= batch.iter().flat_map(|r| r.events.iter()).any(|e| e.kv.key.starts_with(RBAC_PREFIX)),
+                Ok(HubMsg::Reset) | Err(TryRecvError::Lagged(_)) => changed = true,
+                Err(TryRecvError::Empty) => return changed,
+                Err(TryRecvError::Closed) => return true,
+            }
+        }
+    }
+}
+
+/// ClusterRoles, ClusterRoleBindings, Roles, RoleBindings (local reads; cached until one changes).
+pub async fn load_policy(api: &Api) -> ApiResult<Arc<Vec<Vec<Value>>>> {
+    let mut st = api.policy.state.lock().await;
+    if st.drain_changed() {
+        st.loaded = None;
+    }
+    if let Some(p) = &st.loaded {
+        return Ok(p.clone());
+    }
+    // Read after draining: whatever changes later is announced and drained next time.
     let cat = api.catalog.get();
     let mut load = Vec::new();
     for plural in ["clusterroles", "clusterrolebindings", "roles", "rolebindings"] {
@@ -421,6 +470,8 @@ pub async fn load_policy(api: &Api) -> ApiResult<Vec<Vec<Value>>> {
         let page = api.store.list(&start, &end, crate::store::Freshness::Any, 0, &|_| true).await?;
         load.push(page.items.into_iter().map(|(v, _)| v).collect());
     }
+    let load = Arc::new(load);
+    st.loaded = Some(load.clone());
     Ok(load)
 }
 

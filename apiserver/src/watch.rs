@@ -3,7 +3,7 @@
 //! selectors. An object that stops matching is sent as DELETED and one that starts matching as
 //! ADDED. A revision below the compaction point ends the stream with a 410 ERROR event.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -34,31 +34,58 @@ struct Encoder {
 /// Every watcher of a resource receives the same stored versions: each is decoded, and its
 /// event line encoded, once per process rather than once per watcher. Entries are keyed by the
 /// key and the revision that wrote that version (the value stamped with it), so they never go
-/// stale; the caches are simply emptied when full.
+/// stale; the oldest are evicted first (one at a time: emptying the whole cache at once made
+/// every watcher decode again, and dropping thousands of values stalled them all).
 struct Shared {
-    values: HashMap<(Vec<u8>, i64), Arc<Value>>,
-    lines: HashMap<(Vec<u8>, i64, &'static str), Bytes>,
+    values: Fifo<(Vec<u8>, i64), Arc<Value>>,
+    lines: Fifo<(Vec<u8>, i64, &'static str), Bytes>,
 }
 
 const SHARED_ENTRIES: usize = 8192;
 
+/// A map that forgets its oldest entries beyond a fixed size.
+struct Fifo<K, V> {
+    map: HashMap<K, V>,
+    order: VecDeque<K>,
+}
+
+impl<K: std::hash::Hash + Eq + Clone, V: Clone> Fifo<K, V> {
+    fn new() -> Self {
+        Fifo { map: HashMap::new(), order: VecDeque::new() }
+    }
+
+    fn get(&self, k: &K) -> Option<V> {
+        self.map.get(k).cloned()
+    }
+
+    /// Inserts and returns what was evicted, to be dropped after the lock is released.
+    fn insert(&mut self, k: K, v: V) -> Option<V> {
+        if self.map.insert(k.clone(), v).is_some() {
+            return None;
+        }
+        self.order.push_back(k);
+        if self.order.len() > SHARED_ENTRIES {
+            let old = self.order.pop_front()?;
+            return self.map.remove(&old);
+        }
+        None
+    }
+}
+
 fn shared() -> MutexGuard<'static, Shared> {
     static SHARED: OnceLock<Mutex<Shared>> = OnceLock::new();
-    SHARED.get_or_init(|| Mutex::new(Shared { values: HashMap::new(), lines: HashMap::new() })).lock().unwrap_or_else(|p| p.into_inner())
+    SHARED.get_or_init(|| Mutex::new(Shared { values: Fifo::new(), lines: Fifo::new() })).lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The stored version `kv` as an object with its resourceVersion, decoded once.
 fn decoded(kv: &KeyValue) -> Option<Arc<Value>> {
     let id = (kv.key.clone(), kv.mod_revision);
     if let Some(v) = shared().values.get(&id) {
-        return Some(v.clone());
+        return Some(v);
     }
     let v = Arc::new(decode(kv).ok()?);
-    let mut s = shared();
-    if s.values.len() >= SHARED_ENTRIES {
-        s.values.clear();
-    }
-    s.values.insert(id, v.clone());
+    let evicted = shared().values.insert(id, v.clone());
+    drop(evicted);
     Some(v)
 }
 
@@ -71,27 +98,29 @@ impl Encoder {
         }
         let id = (key.to_vec(), rev, ty);
         if let Some(b) = shared().lines.get(&id) {
-            return b.clone();
+            return b;
         }
         let b = self.event(ty, obj);
-        let mut s = shared();
-        if s.lines.len() >= SHARED_ENTRIES {
-            s.lines.clear();
-        }
-        s.lines.insert(id, b.clone());
+        let evicted = shared().lines.insert(id, b.clone());
+        drop(evicted);
         b
     }
 
     fn event(&mut self, ty: &str, obj: &Value) -> Bytes {
-        let object = if self.table {
+        /// Borrows the object: the line is written without copying it first.
+        #[derive(serde::Serialize)]
+        struct Line<'a> {
+            #[serde(rename = "type")]
+            ty: &'a str,
+            object: &'a Value,
+        }
+        if self.table {
             let rv = obj["metadata"]["resourceVersion"].as_str().unwrap_or("").to_string();
             let t = crate::rest::table_of(&self.res, std::slice::from_ref(obj), &rv, None, &self.include_object, !self.headers_sent);
             self.headers_sent = true;
-            t
-        } else {
-            obj.clone()
-        };
-        line(&json!({"type": ty, "object": object}))
+            return line(&Line { ty, object: &t });
+        }
+        line(&Line { ty, object: obj })
     }
 
     fn bookmark(&self, rev: i64) -> Bytes {
@@ -99,7 +128,7 @@ impl Encoder {
     }
 }
 
-fn line(v: &Value) -> Bytes {
+fn line(v: &impl serde::Serialize) -> Bytes {
     let mut s = serde_json::to_vec(v).unwrap_or_default();
     s.push(b'\n');
     Bytes::from(s)

@@ -42,14 +42,14 @@ struct Ctx {
     backoff: Mutex<HashMap<(String, String), (Instant, Duration)>>,
 }
 
-pub async fn run(client: Client) -> anyhow::Result<()> {
+pub async fn run(client: Client, inf: Arc<crate::informer::Informers>) -> anyhow::Result<()> {
     let ctl = Controller::new(Api::<DaemonSet>::all(client.clone()), watcher::Config::default());
     let store = ctl.store();
     // Any node change (added, removed, labels, taints) may change where every DaemonSet runs.
     let pods_store = store.clone();
     let ctl = ctl
-        .watches(Api::<Pod>::all(client.clone()), watcher::Config::default(), move |pod: Pod| pod_owners::<DaemonSet>(&pods_store.state(), &pod, |ds| ds.spec.as_ref().map(|s| &s.selector)))
-        .watches(Api::<Node>::all(client.clone()), watcher::Config::default(), move |_node: Node| store.state().iter().map(|ds| ObjectRef::from_obj(ds.as_ref())).collect::<Vec<_>>());
+        .watches_shared_stream(inf.pods.subscribe(), move |pod: Arc<Pod>| pod_owners::<DaemonSet>(&pods_store.state(), &pod, |ds| ds.spec.as_ref().map(|s| &s.selector)))
+        .watches_shared_stream(inf.nodes.subscribe(), move |_node: Arc<Node>| store.state().iter().map(|ds| ObjectRef::from_obj(ds.as_ref())).collect::<Vec<_>>());
     let ctx = Arc::new(Ctx { client, backoff: Mutex::new(HashMap::new()) });
     crate::util::drain("daemonset", ctl.run(reconcile, crate::util::error_policy, ctx)).await;
     Ok(())

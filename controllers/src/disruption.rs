@@ -39,10 +39,10 @@ struct Ctx {
     client: Client,
 }
 
-pub async fn run(client: Client) -> anyhow::Result<()> {
+pub async fn run(client: Client, inf: Arc<crate::informer::Informers>) -> anyhow::Result<()> {
     let ctl = Controller::new(Api::<PodDisruptionBudget>::all(client.clone()), watcher::Config::default());
     let store = ctl.store();
-    let ctl = ctl.watches(Api::<Pod>::all(client.clone()), watcher::Config::default(), move |pod: Pod| {
+    let ctl = ctl.watches_shared_stream(inf.pods.subscribe(), move |pod: Arc<Pod>| {
         let ns = pod.namespace();
         store
             .state()

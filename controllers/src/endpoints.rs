@@ -39,12 +39,12 @@ struct Ctx {
     members: Members,
 }
 
-pub async fn run(client: Client) -> anyhow::Result<()> {
+pub async fn run(client: Client, inf: Arc<crate::informer::Informers>) -> anyhow::Result<()> {
     let members: Members = Arc::default();
     let ctl = Controller::new(Api::<Service>::all(client.clone()), watcher::Config::default());
     let store = ctl.store();
     let m = members.clone();
-    let ctl = ctl.watches(Api::<Pod>::all(client.clone()), watcher::Config::default(), move |pod: Pod| {
+    let ctl = ctl.watches_shared_stream(inf.pods.subscribe(), move |pod: Arc<Pod>| {
         let ns = pod.namespace().unwrap_or_default();
         let name = pod.name_any();
         let members = m.lock().unwrap();

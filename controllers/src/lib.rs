@@ -14,6 +14,7 @@ pub mod endpoints;
 pub mod events;
 pub mod gc;
 pub mod history;
+pub mod informer;
 pub mod job;
 pub mod namespace;
 pub mod nodeipam;
@@ -134,24 +135,33 @@ pub async fn run_controller_manager(config: kube::Config, opts: ControllerManage
 pub async fn run_controllers(client: Client, root_ca: Arc<Option<String>>, nodes: Arc<NodeSettings>, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
     tracing::info!("controllers starting");
     let mut set = tokio::task::JoinSet::new();
-    set.spawn(named("replicaset", replicaset::run(client.clone())));
+    // One watch and cache of pods and of nodes for every controller (see informer.rs).
+    let (inf, watches) = informer::Informers::new(&client);
+    let inf = Arc::new(inf);
+    for w in watches {
+        set.spawn(async move {
+            w.await;
+            anyhow::bail!("a shared informer's watch ended")
+        });
+    }
+    set.spawn(named("replicaset", replicaset::run(client.clone(), inf.clone())));
     set.spawn(named("deployment", deployment::run(client.clone())));
     set.spawn(named("namespace", namespace::run(client.clone())));
     set.spawn(named("serviceaccount", serviceaccount::run(client.clone(), root_ca)));
     set.spawn(named("garbagecollector", gc::run(client.clone())));
-    set.spawn(named("endpoints", endpoints::run(client.clone())));
-    set.spawn(named("persistentvolume", volume::run(client.clone())));
-    set.spawn(named("disruption", disruption::run(client.clone())));
-    set.spawn(named("resourcequota", resourcequota::run(client.clone())));
-    set.spawn(named("nodelifecycle", nodelifecycle::run(client.clone(), nodes.clone())));
-    set.spawn(named("taint-eviction", taint::run(client.clone())));
+    set.spawn(named("endpoints", endpoints::run(client.clone(), inf.clone())));
+    set.spawn(named("persistentvolume", volume::run(client.clone(), inf.clone())));
+    set.spawn(named("disruption", disruption::run(client.clone(), inf.clone())));
+    set.spawn(named("resourcequota", resourcequota::run(client.clone(), inf.clone())));
+    set.spawn(named("nodelifecycle", nodelifecycle::run(client.clone(), nodes.clone(), inf.clone())));
+    set.spawn(named("taint-eviction", taint::run(client.clone(), inf.clone())));
     if nodes.allocate_node_cidrs {
         set.spawn(named("nodeipam", nodeipam::run(client.clone(), nodes.clone())));
     }
-    set.spawn(named("podgc", podgc::run(client.clone(), nodes.clone())));
-    set.spawn(named("daemonset", daemonset::run(client.clone())));
-    set.spawn(named("statefulset", statefulset::run(client.clone())));
-    set.spawn(named("job", job::run(client.clone())));
+    set.spawn(named("podgc", podgc::run(client.clone(), nodes.clone(), inf.clone())));
+    set.spawn(named("daemonset", daemonset::run(client.clone(), inf.clone())));
+    set.spawn(named("statefulset", statefulset::run(client.clone(), inf.clone())));
+    set.spawn(named("job", job::run(client.clone(), inf.clone())));
     set.spawn(named("ttl-after-finished", ttl::run(client.clone())));
     set.spawn(named("cronjob", cronjob::run(client.clone())));
     let result = tokio::select! {

@@ -75,15 +75,12 @@ async fn drain_watch<T, S: Stream<Item = Result<T, watcher::Error>>>(stream: S) 
 }
 
 
-pub async fn run(client: Client, settings: Arc<NodeSettings>) -> anyhow::Result<()> {
-    let (nodes, nodes_fut) = reflect(Api::<Node>::all(client.clone()), watcher::Config::default());
+pub async fn run(client: Client, settings: Arc<NodeSettings>, inf: Arc<crate::informer::Informers>) -> anyhow::Result<()> {
+    let (nodes, pods) = (inf.nodes.store(), inf.pods.store());
     let (leases, leases_fut) = reflect(Api::<Lease>::namespaced(client.clone(), LEASE_NAMESPACE), watcher::Config::default());
-    let (pods, pods_fut) = reflect(Api::<Pod>::all(client.clone()), watcher::Config::default().fields("spec.nodeName!="));
-    let noschedule = Controller::new(Api::<Node>::all(client.clone()), watcher::Config::default()).run(reconcile_noschedule, crate::util::error_policy, Arc::new(client.clone()));
+    let noschedule = Controller::for_shared_stream(inf.nodes.subscribe(), inf.nodes.store()).run(reconcile_noschedule, crate::util::error_policy, Arc::new(client.clone()));
     tokio::select! {
-        _ = nodes_fut => Ok(()),
         _ = leases_fut => Ok(()),
-        _ = pods_fut => Ok(()),
         _ = crate::util::drain("node-taints", noschedule) => Ok(()),
         r = monitor_loop(client, settings, nodes, leases, pods) => r,
     }

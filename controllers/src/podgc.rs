@@ -13,7 +13,6 @@ use std::time::Instant;
 use k8s_openapi::api::core::v1::{Node, Pod, PodCondition};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
@@ -21,14 +20,8 @@ use crate::NodeSettings;
 
 const OUT_OF_SERVICE: &str = "node.kubernetes.io/out-of-service";
 
-pub async fn run(client: Client, settings: Arc<NodeSettings>) -> anyhow::Result<()> {
-    let (nodes, nodes_fut) = crate::nodelifecycle::reflect(Api::<Node>::all(client.clone()), watcher::Config::default());
-    let (pods, pods_fut) = crate::nodelifecycle::reflect(Api::<Pod>::all(client.clone()), watcher::Config::default());
-    tokio::select! {
-        _ = nodes_fut => Ok(()),
-        _ = pods_fut => Ok(()),
-        r = gc_loop(client, settings, nodes, pods) => r,
-    }
+pub async fn run(client: Client, settings: Arc<NodeSettings>, inf: Arc<crate::informer::Informers>) -> anyhow::Result<()> {
+    gc_loop(client, settings, inf.nodes.store(), inf.pods.store()).await
 }
 
 async fn gc_loop(client: Client, settings: Arc<NodeSettings>, nodes: Store<Node>, pods: Store<Pod>) -> anyhow::Result<()> {

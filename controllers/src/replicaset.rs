@@ -30,12 +30,12 @@ struct Ctx {
     client: Client,
 }
 
-pub async fn run(client: Client) -> anyhow::Result<()> {
+pub async fn run(client: Client, inf: Arc<crate::informer::Informers>) -> anyhow::Result<()> {
     let rs_api = Api::<ReplicaSet>::all(client.clone());
     let ctl = Controller::new(rs_api, watcher::Config::default());
     let store = ctl.store();
     // One pod watch serves both owned pods (by controller ref) and orphans (by selector).
-    let ctl = ctl.watches(Api::<Pod>::all(client.clone()), watcher::Config::default(), move |pod: Pod| {
+    let ctl = ctl.watches_shared_stream(inf.pods.subscribe(), move |pod: Arc<Pod>| {
         let ns = pod.namespace();
         if let Some(c) = controller_ref(&pod.metadata) {
             return if c.kind == "ReplicaSet" && c.api_version.starts_with("apps/") { vec![ObjectRef::new(&c.name).within(ns.as_deref().unwrap_or(""))] } else { vec![] };

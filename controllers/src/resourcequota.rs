@@ -36,12 +36,12 @@ fn in_namespace<K: Resource>(store: &Store<ResourceQuota>, obj: &K) -> Vec<Objec
     store.state().iter().filter(|q| q.namespace() == ns).map(|q| ObjectRef::from_obj(q.as_ref())).collect()
 }
 
-pub async fn run(client: Client) -> anyhow::Result<()> {
+pub async fn run(client: Client, inf: Arc<crate::informer::Informers>) -> anyhow::Result<()> {
     let ctl = Controller::new(Api::<ResourceQuota>::all(client.clone()), watcher::Config::default());
     let (s1, s2, s3, s4, s5) = (ctl.store(), ctl.store(), ctl.store(), ctl.store(), ctl.store());
     let cfg = watcher::Config::default;
     let ctl = ctl
-        .watches(Api::<Pod>::all(client.clone()), cfg(), move |o: Pod| in_namespace(&s1, &o))
+        .watches_shared_stream(inf.pods.subscribe(), move |o: Arc<Pod>| in_namespace(&s1, &*o))
         .watches(Api::<Service>::all(client.clone()), cfg(), move |o: Service| in_namespace(&s2, &o))
         .watches(Api::<PersistentVolumeClaim>::all(client.clone()), cfg(), move |o: PersistentVolumeClaim| in_namespace(&s3, &o))
         .watches(Api::<ConfigMap>::all(client.clone()), cfg(), move |o: ConfigMap| in_namespace(&s4, &o))

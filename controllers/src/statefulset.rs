@@ -34,10 +34,10 @@ struct Ctx {
     client: Client,
 }
 
-pub async fn run(client: Client) -> anyhow::Result<()> {
+pub async fn run(client: Client, inf: Arc<crate::informer::Informers>) -> anyhow::Result<()> {
     let ctl = Controller::new(Api::<StatefulSet>::all(client.clone()), watcher::Config::default());
     let store = ctl.store();
-    let ctl = ctl.watches(Api::<Pod>::all(client.clone()), watcher::Config::default(), move |pod: Pod| crate::daemonset::pod_owners::<StatefulSet>(&store.state(), &pod, |s| s.spec.as_ref().map(|s| &s.selector)));
+    let ctl = ctl.watches_shared_stream(inf.pods.subscribe(), move |pod: Arc<Pod>| crate::daemonset::pod_owners::<StatefulSet>(&store.state(), &pod, |s| s.spec.as_ref().map(|s| &s.selector)));
     crate::util::drain("statefulset", ctl.run(reconcile, crate::util::error_policy, Arc::new(Ctx { client }))).await;
     Ok(())
 }

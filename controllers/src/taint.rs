@@ -17,7 +17,6 @@ use k8s_openapi::api::core::v1::{Node, Pod, PodCondition, Taint, Toleration};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
@@ -35,26 +34,23 @@ struct Ctx {
     scheduled: Mutex<HashMap<String, (String, jiff::Timestamp)>>,
 }
 
-pub async fn run(client: Client) -> anyhow::Result<()> {
-    let (nodes, nodes_fut) = crate::nodelifecycle::reflect(Api::<Node>::all(client.clone()), watcher::Config::default());
-    let ctl = Controller::new(Api::<Pod>::all(client.clone()), watcher::Config::default().fields("spec.nodeName!="));
+pub async fn run(client: Client, inf: Arc<crate::informer::Informers>) -> anyhow::Result<()> {
+    let nodes = inf.nodes.store();
+    let ctl = Controller::for_shared_stream(inf.pods.subscribe(), inf.pods.store());
     let pods = ctl.store();
     let latest: Arc<Mutex<HashMap<String, Arc<Node>>>> = Arc::default();
     let seen = latest.clone();
-    let ctl = ctl.watches(Api::<Node>::all(client.clone()), watcher::Config::default(), move |node: Node| {
+    let ctl = ctl.watches_shared_stream(inf.nodes.subscribe(), move |node: Arc<Node>| {
         let name = node.name_any();
         let refs = pods.state().iter().filter(|p| node_of(p) == Some(name.as_str())).map(|p| ObjectRef::from_obj(p.as_ref())).collect::<Vec<_>>();
         let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
         if seen.get(&name).is_none_or(|old| rv_of(old) <= rv_of(&node)) {
-            seen.insert(name, Arc::new(node));
+            seen.insert(name, node);
         }
         refs
     });
     let ctx = Arc::new(Ctx { client, nodes, latest, scheduled: Mutex::new(HashMap::new()) });
-    tokio::select! {
-        _ = nodes_fut => {}
-        _ = crate::util::drain("taint-eviction", ctl.run(reconcile, crate::util::error_policy, ctx)) => {}
-    }
+    crate::util::drain("taint-eviction", ctl.run(reconcile, crate::util::error_policy, ctx)).await;
     Ok(())
 }
 

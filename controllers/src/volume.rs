@@ -50,9 +50,9 @@ struct Ctx {
     nodes: Store<Node>,
 }
 
-pub async fn run(client: Client) -> anyhow::Result<()> {
+pub async fn run(client: Client, inf: Arc<crate::informer::Informers>) -> anyhow::Result<()> {
     let (classes, classes_task) = crate::nodelifecycle::reflect(Api::<StorageClass>::all(client.clone()), watcher::Config::default());
-    let (nodes, nodes_task) = crate::nodelifecycle::reflect(Api::<Node>::all(client.clone()), watcher::Config::default());
+    let nodes = inf.nodes.store();
 
     let claim_ctl = Controller::new(Api::<PersistentVolumeClaim>::all(client.clone()), watcher::Config::default());
     let vol_ctl = Controller::new(Api::<PersistentVolume>::all(client.clone()), watcher::Config::default());
@@ -64,7 +64,7 @@ pub async fn run(client: Client) -> anyhow::Result<()> {
         .watches(Api::<PersistentVolume>::all(client.clone()), watcher::Config::default(), |pv: PersistentVolume| {
             pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref()).and_then(|r| Some(ObjectRef::new(r.name.as_deref()?).within(r.namespace.as_deref()?))).into_iter().collect::<Vec<_>>()
         })
-        .watches(Api::<Pod>::all(client.clone()), watcher::Config::default(), |pod: Pod| {
+        .watches_shared_stream(inf.pods.subscribe(), |pod: Arc<Pod>| {
             let ns = pod.namespace().unwrap_or_default();
             claim_names(&pod).into_iter().map(|c| ObjectRef::new(&c).within(&ns)).collect::<Vec<_>>()
         });
@@ -78,7 +78,6 @@ pub async fn run(client: Client) -> anyhow::Result<()> {
         _ = crate::util::drain("persistentvolumeclaim", claim_ctl.run(reconcile_claim, crate::util::error_policy, ctx.clone())) => {}
         _ = crate::util::drain("persistentvolume", vol_ctl.run(reconcile_volume, crate::util::error_policy, ctx.clone())) => {}
         _ = classes_task => {}
-        _ = nodes_task => {}
     }
     anyhow::bail!("volume controller watches ended")
 }

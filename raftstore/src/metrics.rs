@@ -24,6 +24,8 @@ pub struct Metrics {
     pub compact_revision: Gauge,
     pub compact_physical_revision: Gauge,
     pub watchers: Gauge,
+    pub watch_lagged: Counter,
+    pub watch_storage_reads: Counter,
     pub proposals_forwarded: Counter,
     pub snapshots_installed: Counter,
 }
@@ -48,6 +50,8 @@ impl Default for Metrics {
             compact_revision: Gauge::default(),
             compact_physical_revision: Gauge::default(),
             watchers: Gauge::default(),
+            watch_lagged: Counter::default(),
+            watch_storage_reads: Counter::default(),
             proposals_forwarded: Counter::default(),
             snapshots_installed: Counter::default(),
             registry: Registry::default(),
@@ -68,6 +72,8 @@ impl Default for Metrics {
         registry.register("mvcc_compact_revision", "Store compaction revision", m.compact_revision.clone());
         registry.register("mvcc_compact_physical_revision", "Revision below which compacted history has been removed", m.compact_physical_revision.clone());
         registry.register("watchers", "Open watchers on this replica", m.watchers.clone());
+        registry.register("watch_streams_lagged", "Times a watch stream fell behind the applied-events broadcast and re-read from storage", m.watch_lagged.clone());
+        registry.register("watch_storage_reads", "History reads from storage by watchers catching up", m.watch_storage_reads.clone());
         registry.register("proposals_forwarded", "Writes forwarded to the leader", m.proposals_forwarded.clone());
         registry.register("snapshots_installed", "Raft snapshots installed from the leader", m.snapshots_installed.clone());
         Metrics { registry, ..m }

@@ -163,6 +163,7 @@ impl WatchStream {
             }
             let from = w.next_rev;
             let handle = self.sm.mvcc();
+            self.sm.metrics.watch_storage_reads.inc();
             let hist = tokio::task::block_in_place(|| handle.mvcc.history(from, upto, CATCH_UP_CHUNK))?;
             drop(handle);
             let batch = match hist {
@@ -221,6 +222,7 @@ impl WatchStream {
     /// Forwards an applied batch (or a reset) to the watchers.
     pub async fn on_hub(&mut self, msg: Result<HubMsg, broadcast::error::RecvError>) -> Result<(), WatchError> {
         let ids: Vec<i64> = self.watchers.keys().copied().collect();
+        let lagged = matches!(msg, Err(broadcast::error::RecvError::Lagged(_)));
         match msg {
             Ok(HubMsg::Events(batch)) => {
                 let (Some(first), Some(last)) = (batch.first().map(|r| r.revision), batch.last().map(|r| r.revision)) else {
@@ -242,6 +244,9 @@ impl WatchStream {
                 }
             }
             Ok(HubMsg::Reset) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                if lagged {
+                    self.sm.metrics.watch_lagged.inc();
+                }
                 // Re-read from storage; anything older than its compaction point cancels.
                 let current = self.sm.mvcc().mvcc.current_revision();
                 for id in ids {

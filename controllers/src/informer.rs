@@ -1,0 +1,143 @@
+//! Shared informers: one watch and one cache per resource for all controllers of this term,
+//! like client-go's SharedInformerFactory. Pods and Nodes are watched by a dozen controllers;
+//! with a watch each, every pod write was decoded a dozen times in this process and encoded,
+//! encrypted and sent a dozen times by the API server.
+//!
+//! An [`Informer`] drives one kube-runtime watcher into a reflector [`Store`] and then tells
+//! every subscriber which object changed, as the `Arc` the store holds (deleted objects as
+//! their last state). The store is updated before subscribers hear of a change, so a
+//! controller triggered by an event never reads an older object from the cache. A subscriber
+//! that falls behind is not waited for (that would stall every controller behind the slowest);
+//! it is handed the whole cache instead, which reconciles everything once, like a resync.
+//!
+//! kube-runtime's own shared streams (`reflect_shared`) are not used: they do not announce
+//! deletions, which the ReplicaSet, Endpoints and Job controllers must see, and they apply
+//! backpressure from the slowest subscriber to the watch.
+
+use std::sync::Arc;
+
+use futures::{stream, Stream, StreamExt};
+use kube::api::Api;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::Resource;
+use tokio::sync::broadcast;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_stream::wrappers::BroadcastStream;
+
+/// Changes buffered per subscriber before it counts as lagging (pointers only).
+const BUFFER: usize = 16_384;
+
+pub struct Informer<K: Resource<DynamicType = ()> + 'static> {
+    store: Store<K>,
+    tx: broadcast::Sender<Arc<K>>,
+}
+
+impl<K> Informer<K>
+where
+    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    /// The informer, and the future that runs its watch (poll it for as long as it is used).
+    pub fn new(api: Api<K>, cfg: watcher::Config) -> (Arc<Informer<K>>, impl std::future::Future<Output = ()> + Send + 'static) {
+        let (store, mut writer) = reflector::store::<K>();
+        let (tx, _) = broadcast::channel(BUFFER);
+        let informer = Arc::new(Informer { store: store.clone(), tx: tx.clone() });
+        let events = watcher::watcher(api, cfg).default_backoff().modify(|o| o.meta_mut().managed_fields = None);
+        let run = async move {
+            let mut events = std::pin::pin!(events);
+            while let Some(ev) = events.next().await {
+                let ev = match ev {
+                    Ok(ev) => ev,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "shared watch failed; retrying");
+                        continue;
+                    }
+                };
+                writer.apply_watcher_event(&ev);
+                match ev {
+                    watcher::Event::Apply(o) => {
+                        if let Some(cur) = store.get(&ObjectRef::from_obj(&o)) {
+                            let _ = tx.send(cur);
+                        }
+                    }
+                    watcher::Event::Delete(o) => {
+                        let _ = tx.send(Arc::new(o));
+                    }
+                    watcher::Event::InitDone => {
+                        // A (re)list: everything may have changed.
+                        for o in store.state() {
+                            let _ = tx.send(o);
+                        }
+                    }
+                    watcher::Event::Init | watcher::Event::InitApply(_) => {}
+                }
+            }
+        };
+        (informer, run)
+    }
+
+    /// The cache (shared; filled once the first list completes, see `Store::wait_until_ready`).
+    pub fn store(&self) -> Store<K> {
+        self.store.clone()
+    }
+
+    /// Every object that changes from now on (and the whole cache after the first list, or
+    /// when this subscriber fell behind).
+    pub fn subscribe(&self) -> impl Stream<Item = Arc<K>> + Send + 'static {
+        let store = self.store.clone();
+        BroadcastStream::new(self.tx.subscribe()).flat_map(move |r| match r {
+            Ok(o) => stream::iter(vec![o]),
+            Err(BroadcastStreamRecvError::Lagged(n)) => {
+                tracing::debug!(missed = n, "shared informer subscriber fell behind; resyncing it");
+                stream::iter(store.state())
+            }
+        })
+    }
+}
+
+/// The informers of one controller-manager term.
+pub struct Informers {
+    pub pods: Arc<Informer<k8s_openapi::api::core::v1::Pod>>,
+    pub nodes: Arc<Informer<k8s_openapi::api::core::v1::Node>>,
+}
+
+impl Informers {
+    /// The informers, and the futures that run their watches.
+    pub fn new(client: &kube::Client) -> (Informers, Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>) {
+        let (pods, pods_run) = Informer::new(Api::all(client.clone()), watcher::Config::default());
+        let (nodes, nodes_run) = Informer::new(Api::all(client.clone()), watcher::Config::default());
+        (Informers { pods, nodes }, vec![Box::pin(pods_run), Box::pin(nodes_run)])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::Pod;
+
+    fn pod(name: &str) -> Pod {
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name, "namespace": "default"}})).expect("pod")
+    }
+
+    #[tokio::test]
+    async fn lagging_subscriber_gets_the_whole_cache() {
+        let (store, mut writer) = reflector::store::<Pod>();
+        let (tx, _) = broadcast::channel(2);
+        let inf = Informer { store: store.clone(), tx: tx.clone() };
+        let mut sub = Box::pin(inf.subscribe());
+        for i in 0..5 {
+            let p = pod(&format!("p{i}"));
+            writer.apply_watcher_event(&watcher::Event::Apply(p.clone()));
+            let _ = tx.send(Arc::new(p));
+        }
+        // Missed three: resynced with all five, then the two still buffered.
+        let mut names = Vec::new();
+        for _ in 0..7 {
+            names.push(sub.next().await.expect("item").metadata.name.clone().expect("name"));
+        }
+        let mut first: Vec<_> = names[..5].to_vec();
+        first.sort();
+        assert_eq!(first, vec!["p0", "p1", "p2", "p3", "p4"]);
+        assert_eq!(&names[5..], &["p3".to_string(), "p4".to_string()]);
+    }
+}
