@@ -164,7 +164,10 @@ fn main() -> ExitCode {
     // Return freed pages to the OS at once: with the default 10 ms delay, pages freed by threads
     // that then go idle stay resident (about 140 MiB of a replica's RSS after 10,000 pod
     // creates, measured; see BENCHMARKS.md).
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+    // MIMALLOC_PURGE_DELAY in the environment (milliseconds) overrides this.
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+    }
     let cli = Cli::parse();
     init_tracing();
     let res = match cli.cmd {

@@ -341,6 +341,36 @@ fn progress_request_reports_the_current_revision_on_an_idle_watch() {
     });
 }
 
+/// A write acknowledged by a follower (which forwarded it to the leader) is already applied
+/// there: a serializable read and a watch progress request sent to the same follower right
+/// after see it. Before this was guaranteed, the follower answered as soon as the leader did.
+#[test]
+fn a_follower_acknowledges_a_write_only_after_applying_it() {
+    let c = Cluster::up(3, common::STORE_ONLY);
+    rt().block_on(async {
+        let (leader, _) = c.wait_leader(Duration::from_secs(10)).expect("leader");
+        let follower = others(&c, &leader).remove(0);
+        let mut cli = c.client(&[c.client_url(&follower)]).await;
+        let mut stream = cli.watch("unrelated/", Some(WatchOptions::new().with_prefix())).await.expect("watch");
+        for i in 0..200 {
+            let k = format!("ryw-{i:03}");
+            let v = format!("v{i}");
+            let rev = cli.put(k.as_str(), v.as_str(), None).await.expect("put").header().expect("header").revision();
+            assert_eq!(get_serializable(&mut cli, &k).await.as_deref(), Some(v.as_str()), "write {i} (revision {rev}) not visible on {follower} right after its ack");
+            if i % 20 == 0 {
+                stream.request_progress().await.expect("progress request");
+                loop {
+                    let resp = tokio::time::timeout(Duration::from_secs(5), stream.message()).await.expect("timely").expect("ok").expect("open");
+                    if resp.events().is_empty() && !resp.created() {
+                        assert!(resp.header().unwrap().revision() >= rev, "progress on {follower} below an acknowledged write: {} < {rev}", resp.header().unwrap().revision());
+                        break;
+                    }
+                }
+            }
+        }
+    });
+}
+
 #[test]
 fn replica_refuses_to_start_on_a_truncated_state_machine_file() {
     let c = Cluster::up(3, common::STORE_ONLY);

@@ -752,13 +752,23 @@ impl Replica {
 
     /// Proposes a command through Raft and returns its applied result. Transactions are batched
     /// with concurrent ones (group commit).
+    ///
+    /// On a follower the result comes from the leader; it is returned only once this replica
+    /// has applied that revision too, so that a read, watch or progress request the caller
+    /// sends next to this replica (even a serializable one) sees its own write.
     pub async fn write(&self, cmd: Command) -> StoreResult<Response> {
-        if !matches!(cmd, Command::Txn(_)) {
-            return self.write_now(cmd).await;
+        let r = if !matches!(cmd, Command::Txn(_)) {
+            self.write_now(cmd).await?
+        } else {
+            let (tx, rx) = oneshot::channel();
+            self.writes.send((cmd, tx)).await.map_err(|_| StoreError::Stopped)?;
+            rx.await.map_err(|_| StoreError::Stopped)??
+        };
+        if r.revision > self.current_revision() && !self.sm.wait_revision(r.revision, self.cfg.request_timeout).await {
+            // The write is committed: failing it now would invite a duplicate retry.
+            tracing::warn!(revision = r.revision, applied = self.current_revision(), "write acknowledged before this replica applied it (apply lagging)");
         }
-        let (tx, rx) = oneshot::channel();
-        self.writes.send((cmd, tx)).await.map_err(|_| StoreError::Stopped)?;
-        rx.await.map_err(|_| StoreError::Stopped)?
+        Ok(r)
     }
 
     async fn write_now(&self, cmd: Command) -> StoreResult<Response> {

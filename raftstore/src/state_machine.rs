@@ -64,6 +64,8 @@ pub struct SmShared {
     data_dir: PathBuf,
     current: RwLock<Arc<SmHandle>>,
     pub hub: broadcast::Sender<HubMsg>,
+    /// The revision this replica has applied, published after the hub heard of it.
+    applied_revision: tokio::sync::watch::Sender<i64>,
     pub metrics: Arc<Metrics>,
     applied: Mutex<(Option<LogId>, StoredMembership)>,
     receiving: Mutex<Option<PathBuf>>,
@@ -85,6 +87,25 @@ impl SmShared {
 
     pub fn subscribe(&self) -> broadcast::Receiver<HubMsg> {
         self.hub.subscribe()
+    }
+
+    fn publish_revision(&self) {
+        let rev = self.mvcc().mvcc.current_revision();
+        self.applied_revision.send_if_modified(|cur| {
+            let newer = rev > *cur;
+            if newer {
+                *cur = rev;
+            }
+            newer
+        });
+    }
+
+    /// Waits until this replica has applied revision `rev` (and watchers have been told of
+    /// it); false if `timeout` passed first.
+    pub async fn wait_revision(&self, rev: i64, timeout: std::time::Duration) -> bool {
+        let mut rx = self.applied_revision.subscribe();
+        let reached = matches!(tokio::time::timeout(timeout, rx.wait_for(|r| *r >= rev)).await, Ok(Ok(_)));
+        reached
     }
 }
 
@@ -159,7 +180,9 @@ impl StateMachine {
         // has read them (each batch holds up to 256 commands' events with previous values), so
         // this is also the watch path's resident memory: 256 cost a replica ~200 MiB under load.
         let (hub, _) = broadcast::channel(HUB_CAPACITY);
+        let (applied_revision, _) = tokio::sync::watch::channel(mvcc.current_revision());
         let shared = SmShared {
+            applied_revision,
             data_dir: data_dir.to_path_buf(),
             current: RwLock::new(Arc::new(SmHandle { mvcc, dir, retired: false.into() })),
             hub,
@@ -422,6 +445,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // No receivers is fine: nobody is watching.
             let _ = self.shared.hub.send(HubMsg::Events(Arc::new(events)));
         }
+        self.shared.publish_revision();
         Ok(responses)
     }
 
@@ -491,6 +515,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .await
         .map_err(|e| snap_err(ErrorVerb::Write, e))??;
         let _ = self.shared.hub.send(HubMsg::Reset);
+        self.shared.publish_revision();
         Ok(())
     }
 
