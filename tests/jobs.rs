@@ -325,7 +325,11 @@ fn start_controllers(c: &Cluster, clock: Arc<dyn controllers::cronjob::Clock>) -
         let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.expect("config");
         kube::Client::try_from(config).expect("client")
     });
-    rt.spawn(controllers::job::run(client.clone()));
+    let informers = {
+        let _in_rt = rt.enter();
+        controllers::informer::Informers::spawn(&client)
+    };
+    rt.spawn(controllers::job::run(client.clone(), informers));
     rt.spawn(controllers::gc::run(client.clone()));
     rt.spawn(controllers::cronjob::run_with_clock(client, clock));
     rt

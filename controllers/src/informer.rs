@@ -30,7 +30,10 @@ const BUFFER: usize = 16_384;
 
 pub struct Informer<K: Resource<DynamicType = ()> + 'static> {
     store: Store<K>,
-    tx: broadcast::Sender<Arc<K>>,
+    /// Changed objects, and whether the change deleted them.
+    tx: broadcast::Sender<(Arc<K>, bool)>,
+    /// True once the first list is in the store.
+    ready: tokio::sync::watch::Receiver<bool>,
 }
 
 impl<K> Informer<K>
@@ -41,7 +44,8 @@ where
     pub fn new(api: Api<K>, cfg: watcher::Config) -> (Arc<Informer<K>>, impl std::future::Future<Output = ()> + Send + 'static) {
         let (store, mut writer) = reflector::store::<K>();
         let (tx, _) = broadcast::channel(BUFFER);
-        let informer = Arc::new(Informer { store: store.clone(), tx: tx.clone() });
+        let (ready_tx, ready) = tokio::sync::watch::channel(false);
+        let informer = Arc::new(Informer { store: store.clone(), tx: tx.clone(), ready });
         let events = watcher::watcher(api, cfg).default_backoff().modify(|o| o.meta_mut().managed_fields = None);
         let run = async move {
             let mut events = std::pin::pin!(events);
@@ -57,16 +61,17 @@ where
                 match ev {
                     watcher::Event::Apply(o) => {
                         if let Some(cur) = store.get(&ObjectRef::from_obj(&o)) {
-                            let _ = tx.send(cur);
+                            let _ = tx.send((cur, false));
                         }
                     }
                     watcher::Event::Delete(o) => {
-                        let _ = tx.send(Arc::new(o));
+                        let _ = tx.send((Arc::new(o), true));
                     }
                     watcher::Event::InitDone => {
+                        ready_tx.send_replace(true);
                         // A (re)list: everything may have changed.
                         for o in store.state() {
-                            let _ = tx.send(o);
+                            let _ = tx.send((o, false));
                         }
                     }
                     watcher::Event::Init | watcher::Event::InitApply(_) => {}
@@ -76,22 +81,45 @@ where
         (informer, run)
     }
 
-    /// The cache (shared; filled once the first list completes, see `Store::wait_until_ready`).
+    /// The cache (shared; filled once the first list completes, see [`Informer::wait_ready`]).
     pub fn store(&self) -> Store<K> {
         self.store.clone()
     }
 
-    /// Every object that changes from now on (and the whole cache after the first list, or
-    /// when this subscriber fell behind).
+    /// Returns once the first list is in the cache. Use this, not the store's
+    /// `wait_until_ready`: kube-runtime's readiness future wakes only the last task that polled
+    /// it, so of two controllers waiting on a shared store one would wait forever.
+    pub async fn wait_ready(&self) {
+        let mut ready = self.ready.clone();
+        let _ = ready.wait_for(|r| *r).await;
+    }
+
+    /// Every object that changes from now on, deleted ones included (and the whole cache
+    /// after the first list, or when this subscriber fell behind): for `watches`/`owns`
+    /// triggers, where a deletion concerns the owner.
     pub fn subscribe(&self) -> impl Stream<Item = Arc<K>> + Send + 'static {
+        self.changes(true)
+    }
+
+    /// The same without deletions: for a controller's own objects (`for_shared_stream`), which
+    /// it reconciles only while they exist, as kube-runtime's `Controller::new` does.
+    pub fn subscribe_applied(&self) -> impl Stream<Item = Arc<K>> + Send + 'static {
+        self.changes(false)
+    }
+
+    fn changes(&self, deletions: bool) -> impl Stream<Item = Arc<K>> + Send + 'static {
         let store = self.store.clone();
-        BroadcastStream::new(self.tx.subscribe()).flat_map(move |r| match r {
-            Ok(o) => stream::iter(vec![o]),
+        // Subscribed before looking at the flag: if the first list is not in yet, its
+        // announcement comes through the channel; if it is, the cache is replayed here.
+        let rx = self.tx.subscribe();
+        let replay = if *self.ready.borrow() { store.state() } else { Vec::new() };
+        stream::iter(replay).chain(BroadcastStream::new(rx).flat_map(move |r| match r {
+            Ok((o, deleted)) => stream::iter(if deleted && !deletions { vec![] } else { vec![o] }),
             Err(BroadcastStreamRecvError::Lagged(n)) => {
                 tracing::debug!(missed = n, "shared informer subscriber fell behind; resyncing it");
                 stream::iter(store.state())
             }
-        })
+        }))
     }
 }
 
@@ -108,6 +136,16 @@ impl Informers {
         let (nodes, nodes_run) = Informer::new(Api::all(client.clone()), watcher::Config::default());
         (Informers { pods, nodes }, vec![Box::pin(pods_run), Box::pin(nodes_run)])
     }
+
+    /// The informers with their watches spawned on the current runtime (for running a few
+    /// controllers on their own, as tests do; they stop with the runtime).
+    pub fn spawn(client: &kube::Client) -> Arc<Informers> {
+        let (inf, watches) = Informers::new(client);
+        for w in watches {
+            tokio::spawn(w);
+        }
+        Arc::new(inf)
+    }
 }
 
 #[cfg(test)]
@@ -120,15 +158,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_subscriber_that_comes_after_the_first_list_gets_the_cache_first() {
+        let (store, mut writer) = reflector::store::<Pod>();
+        let (tx, _) = broadcast::channel(16);
+        let (_ready_tx, ready) = tokio::sync::watch::channel(true);
+        writer.apply_watcher_event(&watcher::Event::Apply(pod("old")));
+        let inf = Informer { store: store.clone(), tx: tx.clone(), ready };
+        let mut sub = Box::pin(inf.subscribe_applied());
+        let _ = tx.send((Arc::new(pod("gone")), true));
+        let _ = tx.send((Arc::new(pod("new")), false));
+        let names: Vec<String> = (0..2).map(|_| futures::executor::block_on(sub.next()).expect("item").metadata.name.clone().expect("name")).collect();
+        assert_eq!(names, vec!["old", "new"], "the cache, then changes without deletions");
+    }
+
+    #[tokio::test]
     async fn lagging_subscriber_gets_the_whole_cache() {
         let (store, mut writer) = reflector::store::<Pod>();
         let (tx, _) = broadcast::channel(2);
-        let inf = Informer { store: store.clone(), tx: tx.clone() };
+        let (_ready_tx, ready) = tokio::sync::watch::channel(true);
+        let inf = Informer { store: store.clone(), tx: tx.clone(), ready };
         let mut sub = Box::pin(inf.subscribe());
         for i in 0..5 {
             let p = pod(&format!("p{i}"));
             writer.apply_watcher_event(&watcher::Event::Apply(p.clone()));
-            let _ = tx.send(Arc::new(p));
+            let _ = tx.send((Arc::new(p), false));
         }
         // Missed three: resynced with all five, then the two still buffered.
         let mut names = Vec::new();

@@ -52,7 +52,7 @@ pub async fn run(client: Client, inf: Arc<crate::informer::Informers>) -> anyhow
     let jobs = crate::util::drain("job", ctl.run(reconcile, crate::util::error_policy, Arc::new(Ctx { client: client.clone() })));
     // Pods whose Job is gone (deleted in the background) still carry the tracking finalizer:
     // a second controller over pods releases them, as upstream's orphan-pod handling does.
-    let orphans = Controller::for_shared_stream(inf.pods.subscribe(), inf.pods.store());
+    let orphans = Controller::for_shared_stream(inf.pods.subscribe_applied(), inf.pods.store());
     let orphans = crate::util::drain("job-orphan-pods", orphans.run(reconcile_orphan, crate::util::error_policy, Arc::new(Ctx { client })));
     tokio::join!(jobs, orphans);
     Ok(())

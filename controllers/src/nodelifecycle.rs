@@ -77,8 +77,10 @@ async fn drain_watch<T, S: Stream<Item = Result<T, watcher::Error>>>(stream: S) 
 
 pub async fn run(client: Client, settings: Arc<NodeSettings>, inf: Arc<crate::informer::Informers>) -> anyhow::Result<()> {
     let (nodes, pods) = (inf.nodes.store(), inf.pods.store());
+    inf.nodes.wait_ready().await;
+    inf.pods.wait_ready().await;
     let (leases, leases_fut) = reflect(Api::<Lease>::namespaced(client.clone(), LEASE_NAMESPACE), watcher::Config::default());
-    let noschedule = Controller::for_shared_stream(inf.nodes.subscribe(), inf.nodes.store()).run(reconcile_noschedule, crate::util::error_policy, Arc::new(client.clone()));
+    let noschedule = Controller::for_shared_stream(inf.nodes.subscribe_applied(), inf.nodes.store()).run(reconcile_noschedule, crate::util::error_policy, Arc::new(client.clone()));
     tokio::select! {
         _ = leases_fut => Ok(()),
         _ = crate::util::drain("node-taints", noschedule) => Ok(()),
@@ -87,9 +89,8 @@ pub async fn run(client: Client, settings: Arc<NodeSettings>, inf: Arc<crate::in
 }
 
 async fn monitor_loop(client: Client, settings: Arc<NodeSettings>, nodes: Store<Node>, leases: Store<Lease>, pods: Store<Pod>) -> anyhow::Result<()> {
-    nodes.wait_until_ready().await.context("node cache")?;
+    // The shared node and pod caches are ready (see `run`).
     leases.wait_until_ready().await.context("lease cache")?;
-    pods.wait_until_ready().await.context("pod cache")?;
     let mut m = Monitor::default();
     let mut tick = tokio::time::interval(settings.monitor_period.max(Duration::from_millis(100)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -21,12 +21,12 @@ use crate::NodeSettings;
 const OUT_OF_SERVICE: &str = "node.kubernetes.io/out-of-service";
 
 pub async fn run(client: Client, settings: Arc<NodeSettings>, inf: Arc<crate::informer::Informers>) -> anyhow::Result<()> {
+    inf.nodes.wait_ready().await;
+    inf.pods.wait_ready().await;
     gc_loop(client, settings, inf.nodes.store(), inf.pods.store()).await
 }
 
 async fn gc_loop(client: Client, settings: Arc<NodeSettings>, nodes: Store<Node>, pods: Store<Pod>) -> anyhow::Result<()> {
-    nodes.wait_until_ready().await?;
-    pods.wait_until_ready().await?;
     // Node name → when we first saw pods bound to it while it was missing.
     let mut missing: HashMap<String, Instant> = HashMap::new();
     let mut tick = tokio::time::interval(settings.pod_gc_period.max(std::time::Duration::from_millis(100)));

@@ -36,7 +36,7 @@ struct Ctx {
 
 pub async fn run(client: Client, inf: Arc<crate::informer::Informers>) -> anyhow::Result<()> {
     let nodes = inf.nodes.store();
-    let ctl = Controller::for_shared_stream(inf.pods.subscribe(), inf.pods.store());
+    let ctl = Controller::for_shared_stream(inf.pods.subscribe_applied(), inf.pods.store());
     let pods = ctl.store();
     let latest: Arc<Mutex<HashMap<String, Arc<Node>>>> = Arc::default();
     let seen = latest.clone();
