@@ -3,6 +3,7 @@
 
 mod common;
 
+use futures::FutureExt;
 use std::time::{Duration, Instant};
 
 use common::Cluster;
@@ -240,7 +241,9 @@ fn zoned_nodes(c: &Cluster, nodes: &[(&str, &str)]) {
 
 fn bound_nodes(c: &Cluster, selector: &str) -> Vec<(String, String)> {
     let out = get(c, &["get", "pods", "-l", selector, "-o", "jsonpath={range .items[*]}{.metadata.name} {.spec.nodeName}{\"\\n\"}{end}"]);
-    out.lines().filter_map(|l| l.split_once(' ')).map(|(p, n)| (p.to_string(), n.trim().to_string())).collect()
+    // A pending pod's line is "NAME " (no node), and `get` trims the output's end: when that
+    // pod sorts last, its line has no space left.
+    out.lines().filter(|l| !l.trim().is_empty()).map(|l| l.split_once(' ').unwrap_or((l, ""))).map(|(p, n)| (p.trim().to_string(), n.trim().to_string())).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -269,11 +272,16 @@ spec:
 "#;
     create(&c, deployment);
     let long = Duration::from_secs(40);
+    let last = std::cell::RefCell::new(Vec::new());
     let placed = wait_for("three web replicas bound", long, || {
         let b = bound_nodes(&c, "app=web");
+        *last.borrow_mut() = b.clone();
         (b.len() == 4 && b.iter().filter(|(_, n)| !n.is_empty()).count() == 3).then_some(b)
-    })
-    .await;
+    });
+    let placed = match tokio::time::timeout(long + Duration::from_secs(1), std::panic::AssertUnwindSafe(placed).catch_unwind()).await {
+        Ok(Ok(p)) => p,
+        _ => panic!("three web replicas not bound; last seen: {:?}\n{}", last.borrow(), get(&c, &["get", "pods", "-o", "wide"])),
+    };
     let mut nodes: Vec<&str> = placed.iter().map(|(_, n)| n.as_str()).filter(|n| !n.is_empty()).collect();
     nodes.sort();
     assert_eq!(nodes, ["a", "b", "c"], "one replica per node: {placed:?}");
