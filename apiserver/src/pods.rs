@@ -21,7 +21,7 @@ impl Api {
         let name = t.name.clone().unwrap_or_default();
         let precondition_uid = body["metadata"]["uid"].as_str().map(str::to_string);
         let dry = req.query.get("dryRun") == Some("All");
-        self.guaranteed_update_pinned(req, &pod_t, None, dry, None, |old| {
+        self.guaranteed_update_pinned(req, &pod_t, Some(crate::rest::BINDING), dry, None, |old| {
             if let Some(uid) = &precondition_uid {
                 if old["metadata"]["uid"].as_str() != Some(uid.as_str()) {
                     return Err(ApiError::Conflict { gr: t.res.gr(), name: name.clone(), reason: "the object has been modified; please apply your changes to the latest version and try again".into() });
@@ -38,21 +38,10 @@ impl Api {
             }
             let mut new = old.clone();
             new["spec"]["nodeName"] = json!(node);
-            Ok(new)
-        })
-        .await?;
-        if dry {
-            return Ok(Reply::code(201, json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})));
-        }
-        // The condition is status: a second write through the status path.
-        let node2 = node.clone();
-        self.guaranteed_update_pinned(req, &pod_t, Some("status"), false, None, |old| {
-            let mut new = old.clone();
             let mut conds: Vec<Value> = old["status"]["conditions"].as_array().cloned().unwrap_or_default();
             conds.retain(|c| c["type"] != "PodScheduled");
             conds.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now_rfc3339()}));
             new["status"]["conditions"] = json!(conds);
-            let _ = &node2;
             Ok(new)
         })
         .await?;

@@ -514,6 +514,9 @@ impl Api {
             }
         }
         match sub {
+            // pods/binding: the server's own change of spec.nodeName and the PodScheduled
+            // condition, one write as upstream's assignPod makes it.
+            Some(BINDING) => {}
             Some("status") => {
                 // Only status changes; everything else stays as stored.
                 let status = new.get("status").cloned();
@@ -573,20 +576,7 @@ impl Api {
     /// Writes `new` over `old` (CAS on `rev`). Finishes a deletion whose last finalizer went.
     /// Ok(None) = lost the race.
     async fn write_update(&self, t: &Target, old: &Value, rev: i64, mut new: Value, dry: bool) -> ApiResult<Option<Value>> {
-        let mut old_cmp = old.clone();
-        let mut new_cmp = new.clone();
-        for v in [&mut old_cmp, &mut new_cmp] {
-            if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
-                m.remove("resourceVersion");
-                // Only the timestamps of managedFields entries do not count as a change.
-                if let Some(mf) = m.get_mut("managedFields").and_then(Value::as_array_mut) {
-                    for e in mf.iter_mut().filter_map(Value::as_object_mut) {
-                        e.remove("time");
-                    }
-                }
-            }
-        }
-        if old_cmp == new_cmp {
+        if same_but_versions(old, &new) {
             // Nothing changed: no write, same resourceVersion (as Kubernetes does).
             return Ok(Some(old.clone()));
         }
@@ -660,7 +650,8 @@ impl Api {
             let candidate = change(&old)?;
             let new = self.prepare_update(t, &old, candidate, sub)?;
             crate::server::check_escalation(self, &req.user, &t.res, &new).await?;
-            let new = crate::managed::track_update(&t.res.kind, Some(&old), &new, &manager, &t.res.api_version(), sub.unwrap_or(""), &now_rfc3339());
+            // A binding is not the pod's writer: upstream leaves its managedFields alone.
+            let new = if sub == Some(BINDING) { new } else { crate::managed::track_update(&t.res.kind, Some(&old), &new, &manager, &t.res.api_version(), sub.unwrap_or(""), &now_rfc3339()) };
             if let Some(v) = self.write_update(t, &old, kv.mod_revision, new, dry).await? {
                 return Ok((v, 200));
             }
@@ -1083,9 +1074,68 @@ pub fn decode_continue(tok: &str) -> ApiResult<(i64, Vec<u8>)> {
     Ok((rev, key))
 }
 
+/// `Target::sub` for the server's own binding write (see `prepare_update`).
+pub(crate) const BINDING: &str = "binding";
+
+/// Whether an update changes nothing but what does not count: resourceVersion and the
+/// timestamps of managedFields entries (compared in place: cloning both objects to strip
+/// those was a large share of every update's cost).
+fn same_but_versions(old: &Value, new: &Value) -> bool {
+    let (Some(o), Some(n)) = (old.as_object(), new.as_object()) else { return old == new };
+    if o.len() != n.len() {
+        return false;
+    }
+    o.iter().all(|(k, ov)| {
+        let Some(nv) = n.get(k) else { return false };
+        if k != "metadata" {
+            return ov == nv;
+        }
+        let (Some(om), Some(nm)) = (ov.as_object(), nv.as_object()) else { return ov == nv };
+        let counted = |m: &'_ serde_json::Map<String, Value>| m.keys().filter(|k| *k != "resourceVersion").count();
+        if counted(om) != counted(nm) {
+            return false;
+        }
+        om.iter().filter(|(k, _)| *k != "resourceVersion").all(|(k, ov)| {
+            let Some(nv) = nm.get(k) else { return false };
+            if k != "managedFields" {
+                return ov == nv;
+            }
+            match (ov.as_array(), nv.as_array()) {
+                (Some(oa), Some(na)) => {
+                    oa.len() == na.len()
+                        && oa.iter().zip(na).all(|(oe, ne)| match (oe.as_object(), ne.as_object()) {
+                            (Some(oe), Some(ne)) => {
+                                oe.iter().filter(|(k, _)| *k != "time").count() == ne.iter().filter(|(k, _)| *k != "time").count()
+                                    && oe.iter().filter(|(k, _)| *k != "time").all(|(k, v)| ne.get(k) == Some(v))
+                            }
+                            _ => oe == ne,
+                        })
+                }
+                _ => ov == nv,
+            }
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_update_that_changes_only_versions_is_no_change() {
+        let old = json!({"metadata": {"name": "a", "resourceVersion": "5", "managedFields": [{"manager": "m", "time": "t1", "fieldsV1": {"f:x": {}}}]}, "spec": {"x": 1}});
+        let same = json!({"metadata": {"name": "a", "managedFields": [{"manager": "m", "time": "t2", "fieldsV1": {"f:x": {}}}]}, "spec": {"x": 1}});
+        assert!(same_but_versions(&old, &same));
+        for changed in [
+            json!({"metadata": {"name": "a", "managedFields": [{"manager": "m", "time": "t2", "fieldsV1": {"f:y": {}}}]}, "spec": {"x": 1}}),
+            json!({"metadata": {"name": "a", "managedFields": [{"manager": "m", "time": "t1", "fieldsV1": {"f:x": {}}}]}, "spec": {"x": 2}}),
+            json!({"metadata": {"name": "a", "labels": {"k": "v"}, "managedFields": [{"manager": "m", "time": "t1", "fieldsV1": {"f:x": {}}}]}, "spec": {"x": 1}}),
+            json!({"metadata": {"name": "a"}, "spec": {"x": 1}}),
+            json!({"metadata": {"name": "a", "managedFields": [{"manager": "m", "time": "t1", "fieldsV1": {"f:x": {}}}]}, "spec": {"x": 1}, "status": {}}),
+        ] {
+            assert!(!same_but_versions(&old, &changed), "{changed}");
+        }
+    }
 
     #[test]
     fn continue_tokens_round_trip_and_garbage_is_a_bad_request() {
