@@ -160,6 +160,16 @@ fn init_tracing() {
 /// mimalloc's `purge_delay` option (its position in mimalloc 2's `mi_option_t`).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
+/// The runtime of a replica (store, API server, scheduler, controllers in one process).
+/// More worker threads than cores: some polls run for a long time without yielding (a kube
+/// client decoding a list of 20,000 pods takes a second or two), and with one worker per core
+/// two of them stalled every other task, Lease renewals included, until leaders lost their
+/// Leases over and over at 5,000 nodes. The kernel time-slices the extra threads instead.
+fn replica_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    tokio::runtime::Builder::new_multi_thread().worker_threads((cores * 4).max(8)).enable_all().build()
+}
+
 fn main() -> ExitCode {
     // Return freed pages to the OS at once: with the default 10 ms delay, pages freed by threads
     // that then go idle stay resident (about 140 MiB of a replica's RSS after 10,000 pod
@@ -174,7 +184,7 @@ fn main() -> ExitCode {
         Cmd::Server { store, api, no_controllers, election, nodes } => store.resolve().and_then(|cfg| {
             let api = api.resolve(cfg.cacert.clone(), cfg.cert.clone(), cfg.key.clone())?;
             let name = cfg.replica.name.clone();
-            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async move {
+            replica_runtime()?.block_on(async move {
                 if api.enabled && !no_controllers {
                     components::spawn(&name, &api, &election, &nodes);
                 }
@@ -183,7 +193,7 @@ fn main() -> ExitCode {
         }),
         Cmd::Up { dir } => apiserver::prepare_up(dir).and_then(|(cfg, api)| {
             let name = cfg.replica.name.clone();
-            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async move {
+            replica_runtime()?.block_on(async move {
                 components::spawn(&name, &api, &components::ElectionArgs::default(), &components::NodeControllerArgs::default());
                 apiserver::run(cfg, api).await
             })

@@ -92,7 +92,13 @@ where
         let (lost_tx, lost_rx) = watch::channel(false);
         let mut task = AbortOnDrop(tokio::spawn(lead(fenced.clone(), lost_rx)));
         let mut last_renew = Instant::now();
-        // Renew every retry period; give up once no renewal succeeded within the renew deadline.
+        let mut overdue = false;
+        // Renew every retry period. Unlike client-go, missing the renew deadline does not end
+        // the term by itself: every write of the term is fenced on the Lease, so once another
+        // replica takes the Lease over nothing more of ours commits, and the next renewal (or a
+        // fenced write) sees that and stops the work. Ending the term on a timeout alone made
+        // an overloaded replica drop and re-win its own Lease again and again, relisting
+        // everything each time (seen at 5,000 nodes).
         let lost = loop {
             tokio::select! {
                 res = &mut task.0 => {
@@ -104,9 +110,16 @@ where
                     break false;
                 }
                 _ = tokio::time::sleep(election.retry_period) => {
-                    let left = election.renew_deadline.saturating_sub(last_renew.elapsed());
+                    // Past the deadline, each attempt still gets a whole renew deadline.
+                    let left = if overdue { election.renew_deadline } else { election.renew_deadline.saturating_sub(last_renew.elapsed()) };
                     match tokio::time::timeout(left.max(Duration::from_millis(1)), try_acquire_or_renew(&leases, &election)).await {
-                        Ok(Ok(true)) => last_renew = Instant::now(),
+                        Ok(Ok(true)) => {
+                            if overdue {
+                                tracing::info!(lease = %lock, late_ms = last_renew.elapsed().as_millis() as u64, "lease renewed again; still the leader");
+                                overdue = false;
+                            }
+                            last_renew = Instant::now();
+                        }
                         Ok(Ok(false)) => {
                             // Someone else holds a valid lease: we are no longer the leader.
                             break true;
@@ -114,8 +127,9 @@ where
                         Ok(Err(e)) => tracing::debug!(lease = %lock, error = %format!("{e:#}"), "renewing the lease failed"),
                         Err(_) => tracing::debug!(lease = %lock, "renewing the lease timed out"),
                     }
-                    if last_renew.elapsed() >= election.renew_deadline {
-                        break true;
+                    if !overdue && last_renew.elapsed() >= election.renew_deadline {
+                        overdue = true;
+                        tracing::warn!(lease = %lock, identity = %election.identity, "lease not renewed within the renew deadline; another replica may take over, which fences this term's writes");
                     }
                 }
             }
