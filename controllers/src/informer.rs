@@ -25,8 +25,9 @@ use tokio::sync::broadcast;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::wrappers::BroadcastStream;
 
-/// Changes buffered per subscriber before it counts as lagging (pointers only).
-const BUFFER: usize = 16_384;
+/// Changes a subscriber may be behind before it counts as lagging. The ring keeps the last
+/// BUFFER announced versions alive (a few KiB each for pods), so it is also resident memory.
+const BUFFER: usize = 4096;
 
 pub struct Informer<K: Resource<DynamicType = ()> + 'static> {
     store: Store<K>,
