@@ -108,34 +108,42 @@ pub async fn run(client: Client) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Follows CustomResourceDefinitions: when one changes (created, established, new version),
-/// discovery runs again and resources not followed yet get a watcher (their index is sent to
-/// the main loop, which owns the watcher tasks).
+/// Follows CustomResourceDefinitions: an established CRD's resource gets a watcher unless it is
+/// followed already (its index is sent to the main loop, which owns the watcher tasks). The
+/// resource comes from the CRD itself, not from discovery: the replica answering discovery may
+/// not have taken the new CRD in yet when its watch event arrives here, and no later event would
+/// make us look again. A watcher on a resource its replica does not serve yet retries.
 async fn rediscover(gc: Arc<Gc>, new: mpsc::UnboundedSender<usize>) {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     let api: Api<CustomResourceDefinition> = Api::all(gc.client.clone());
     let mut stream = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
     while let Some(ev) = stream.next().await {
-        if !matches!(ev, Ok(Event::Apply(_)) | Ok(Event::InitDone)) {
+        let (Ok(Event::Apply(crd)) | Ok(Event::InitApply(crd))) = ev else { continue };
+        let Some((ar, scope)) = crd_resource(&crd) else { continue };
+        let mut resources = gc.resources.write().unwrap_or_else(|p| p.into_inner());
+        if resources.iter().any(|(r, _)| r.group == ar.group && r.plural == ar.plural) {
             continue;
         }
-        let found = match discover(&gc.client).await {
-            Ok(f) => f,
-            Err(e) => {
-                tracing::debug!(error = %format!("{e:#}"), "rediscovery failed");
-                continue;
-            }
-        };
-        let mut resources = gc.resources.write().unwrap_or_else(|p| p.into_inner());
-        for (ar, scope) in found {
-            if resources.iter().any(|(r, _)| r.group == ar.group && r.version == ar.version && r.plural == ar.plural) {
-                continue;
-            }
-            tracing::info!(resource = %ar.plural, group = %ar.group, "garbage collector follows a new resource");
-            resources.push((ar, scope));
-            let _ = new.send(resources.len() - 1);
-        }
+        tracing::info!(resource = %ar.plural, group = %ar.group, "garbage collector follows a new resource");
+        resources.push((ar, scope));
+        let _ = new.send(resources.len() - 1);
     }
+}
+
+/// The resource an established CRD serves, at its storage version if served (any served
+/// version reads the same objects), with the CRD's scope.
+fn crd_resource(crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition) -> Option<(ApiResource, Scope)> {
+    let established = crd.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| cs.iter().any(|c| c.type_ == "Established" && c.status == "True"));
+    if !established || crd.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    let spec = &crd.spec;
+    let served: Vec<_> = spec.versions.iter().filter(|v| v.served).collect();
+    let version = served.iter().find(|v| v.storage).or(served.first())?;
+    let gvk = kube::api::GroupVersionKind::gvk(&spec.group, &version.name, &spec.names.kind);
+    let ar = ApiResource::from_gvk_with_plural(&gvk, &spec.names.plural);
+    let scope = if spec.scope == "Cluster" { Scope::Cluster } else { Scope::Namespaced };
+    Some((ar, scope))
 }
 
 async fn watch_resource(gc: Arc<Gc>, res: usize, synced: mpsc::Sender<()>) {
@@ -394,4 +402,37 @@ enum OwnerState {
     Solid,
     WaitingForDependents,
     Absent,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+
+    fn crd(status: &str, versions: serde_json::Value) -> CustomResourceDefinition {
+        serde_json::from_value(json!({
+            "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": "widgets.example.com"},
+            "spec": {"group": "example.com", "scope": "Cluster", "names": {"plural": "widgets", "kind": "Widget"}, "versions": versions},
+            "status": {"conditions": [{"type": "Established", "status": status}]}
+        }))
+        .expect("crd")
+    }
+
+    #[test]
+    fn an_established_crd_is_followed_at_its_served_storage_version() {
+        let versions = json!([{"name": "v1", "served": true, "storage": false}, {"name": "v2", "served": true, "storage": true}, {"name": "v3", "served": false, "storage": false}]);
+        let (ar, scope) = crd_resource(&crd("True", versions)).expect("followed");
+        assert_eq!((ar.group.as_str(), ar.version.as_str(), ar.api_version.as_str(), ar.kind.as_str(), ar.plural.as_str()), ("example.com", "v2", "example.com/v2", "Widget", "widgets"));
+        assert!(matches!(scope, Scope::Cluster));
+        // Storage version not served: the first served one.
+        let (ar, _) = crd_resource(&crd("True", json!([{"name": "v1", "served": false, "storage": true}, {"name": "v2", "served": true, "storage": false}]))).expect("followed");
+        assert_eq!(ar.version, "v2");
+    }
+
+    #[test]
+    fn crds_not_established_or_serving_nothing_are_not_followed() {
+        assert!(crd_resource(&crd("False", json!([{"name": "v1", "served": true, "storage": true}]))).is_none());
+        assert!(crd_resource(&crd("True", json!([{"name": "v1", "served": false, "storage": true}]))).is_none());
+    }
 }
