@@ -296,7 +296,7 @@ mod tests {
     }
 
     fn cpu(c: &Cache, n: &str) -> i128 {
-        c.node(n).and_then(|n| n.usage.requested.get("cpu").copied()).unwrap_or(0)
+        c.node(n).map(|n| n.usage.requested.get("cpu")).unwrap_or(0)
     }
 
     #[test]

@@ -2,14 +2,112 @@
 //! order and with the wording of upstream kube-scheduler's default plugins (NodeUnschedulable,
 //! TaintToleration, NodeAffinity, NodePorts, NodeResourcesFit, LeastAllocated scoring).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use k8s_openapi::api::core::v1::{Container, Node, NodeSelectorRequirement, NodeSelectorTerm, Pod, Taint, Toleration};
 
 use crate::quantity::parse_milli;
 
-/// Resource amounts in milli-units, by resource name (cpu, memory, pods, ephemeral-storage, ...).
-pub type Resources = BTreeMap<String, i128>;
+/// Resource amounts in milli-units by resource name. The four every pod and node has are
+/// fields (the scheduler compares them for every node it looks at, so no string lookups);
+/// the rest (extended resources, hugepages) are a short list sorted by name. A resource not
+/// present is 0.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Resources {
+    pub cpu: i128,
+    pub memory: i128,
+    pub ephemeral_storage: i128,
+    pub pods: i128,
+    other: Vec<(String, i128)>,
+}
+
+impl Resources {
+    pub fn new() -> Resources {
+        Resources::default()
+    }
+
+    pub fn get(&self, name: &str) -> i128 {
+        match name {
+            "cpu" => self.cpu,
+            "memory" => self.memory,
+            "ephemeral-storage" => self.ephemeral_storage,
+            "pods" => self.pods,
+            _ => self.other.binary_search_by(|(k, _)| k.as_str().cmp(name)).map(|i| self.other[i].1).unwrap_or(0),
+        }
+    }
+
+    fn slot(&mut self, name: &str) -> &mut i128 {
+        match name {
+            "cpu" => &mut self.cpu,
+            "memory" => &mut self.memory,
+            "ephemeral-storage" => &mut self.ephemeral_storage,
+            "pods" => &mut self.pods,
+            _ => {
+                let i = match self.other.binary_search_by(|(k, _)| k.as_str().cmp(name)) {
+                    Ok(i) => i,
+                    Err(i) => {
+                        self.other.insert(i, (name.to_string(), 0));
+                        i
+                    }
+                };
+                &mut self.other[i].1
+            }
+        }
+    }
+
+    pub fn set(&mut self, name: &str, v: i128) {
+        *self.slot(name) = v;
+    }
+
+    pub fn add(&mut self, name: &str, v: i128) {
+        *self.slot(name) += v;
+    }
+
+    /// The non-zero amounts: cpu, memory, ephemeral-storage, pods, then the others by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, i128)> {
+        [("cpu", self.cpu), ("memory", self.memory), ("ephemeral-storage", self.ephemeral_storage), ("pods", self.pods)]
+            .into_iter()
+            .chain(self.other.iter().map(|(k, v)| (k.as_str(), *v)))
+            .filter(|(_, v)| *v != 0)
+    }
+
+    fn add_all(&mut self, b: &Resources) {
+        self.cpu += b.cpu;
+        self.memory += b.memory;
+        self.ephemeral_storage += b.ephemeral_storage;
+        self.pods += b.pods;
+        for (k, v) in &b.other {
+            self.add(k, *v);
+        }
+    }
+
+    fn sub_all(&mut self, b: &Resources) {
+        self.cpu -= b.cpu;
+        self.memory -= b.memory;
+        self.ephemeral_storage -= b.ephemeral_storage;
+        self.pods -= b.pods;
+        for (k, v) in &b.other {
+            self.add(k, -*v);
+        }
+    }
+
+    fn max_all(&mut self, b: &Resources) {
+        for (k, v) in b.iter() {
+            let e = self.slot(k);
+            *e = (*e).max(v);
+        }
+    }
+
+    /// Whether every amount asked for (pods aside, which count separately) is at most what
+    /// `alloc` leaves beyond `used`.
+    fn fits(&self, alloc: &Resources, used: &Resources) -> bool {
+        let ok = |want: i128, a: i128, u: i128| want <= 0 || want <= a - u;
+        ok(self.cpu, alloc.cpu, used.cpu)
+            && ok(self.memory, alloc.memory, used.memory)
+            && ok(self.ephemeral_storage, alloc.ephemeral_storage, used.ephemeral_storage)
+            && self.other.iter().all(|(k, v)| ok(*v, alloc.get(k), used.get(k)))
+    }
+}
 
 /// Why one node does not fit. `unresolvable`: preemption cannot help (upstream's
 /// UnschedulableAndUnresolvable), which decides the preemption part of the message.
@@ -47,24 +145,16 @@ impl NodeUsage {
     }
 
     pub fn add_info(&mut self, p: &PodInfo) {
-        for (k, v) in &p.requests {
-            *self.requested.entry(k.clone()).or_default() += v;
-        }
-        for (k, v) in &p.nonzero {
-            *self.nonzero.entry(k.clone()).or_default() += v;
-        }
+        self.requested.add_all(&p.requests);
+        self.nonzero.add_all(&p.nonzero);
         self.pods += 1;
         self.ports.extend(p.ports.iter().cloned());
     }
 
     /// Undoes `add_info` of the same PodInfo.
     pub fn remove_info(&mut self, p: &PodInfo) {
-        for (k, v) in &p.requests {
-            *self.requested.entry(k.clone()).or_default() -= v;
-        }
-        for (k, v) in &p.nonzero {
-            *self.nonzero.entry(k.clone()).or_default() -= v;
-        }
+        self.requested.sub_all(&p.requests);
+        self.nonzero.sub_all(&p.nonzero);
         self.pods -= 1;
         for port in &p.ports {
             if let Some(i) = self.ports.iter().position(|u| u == port) {
@@ -124,25 +214,12 @@ fn container_requests(c: &Container) -> Resources {
     let Some(r) = &c.resources else { return out };
     // A limit without a request stands for the request (API defaulting does the same).
     for (k, q) in r.limits.iter().flatten() {
-        out.insert(k.clone(), parse_milli(&q.0).unwrap_or(0));
+        out.set(k, parse_milli(&q.0).unwrap_or(0));
     }
     for (k, q) in r.requests.iter().flatten() {
-        out.insert(k.clone(), parse_milli(&q.0).unwrap_or(0));
+        out.set(k, parse_milli(&q.0).unwrap_or(0));
     }
     out
-}
-
-fn add_into(a: &mut Resources, b: &Resources) {
-    for (k, v) in b {
-        *a.entry(k.clone()).or_default() += v;
-    }
-}
-
-fn max_into(a: &mut Resources, b: &Resources) {
-    for (k, v) in b {
-        let e = a.entry(k.clone()).or_default();
-        *e = (*e).max(*v);
-    }
 }
 
 /// The pod's effective requests, as upstream computes them: app containers plus sidecars
@@ -152,27 +229,27 @@ pub fn pod_requests(pod: &Pod) -> Resources {
     let mut total = Resources::new();
     let Some(spec) = &pod.spec else { return total };
     for c in &spec.containers {
-        add_into(&mut total, &container_requests(c));
+        total.add_all(&container_requests(c));
     }
     let mut sidecars = Resources::new();
     let mut init_max = Resources::new();
     for c in spec.init_containers.iter().flatten() {
         let r = container_requests(c);
         if c.restart_policy.as_deref() == Some("Always") {
-            add_into(&mut sidecars, &r);
-            max_into(&mut init_max, &sidecars);
+            sidecars.add_all(&r);
+            init_max.max_all(&sidecars);
         } else {
             let mut with = sidecars.clone();
-            add_into(&mut with, &r);
-            max_into(&mut init_max, &with);
+            with.add_all(&r);
+            init_max.max_all(&with);
         }
     }
-    add_into(&mut total, &sidecars);
-    max_into(&mut total, &init_max);
+    total.add_all(&sidecars);
+    total.max_all(&init_max);
     for (k, q) in spec.overhead.iter().flatten() {
-        *total.entry(k.clone()).or_default() += parse_milli(&q.0).unwrap_or(0);
+        total.add(k, parse_milli(&q.0).unwrap_or(0));
     }
-    total.retain(|_, v| *v != 0);
+    total.other.retain(|(_, v)| *v != 0);
     total
 }
 
@@ -183,8 +260,8 @@ pub fn nonzero_requests(pod: &Pod) -> Resources {
     let Some(spec) = &pod.spec else { return out };
     for c in &spec.containers {
         let r = container_requests(c);
-        *out.entry("cpu".into()).or_default() += r.get("cpu").copied().filter(|v| *v > 0).unwrap_or(100);
-        *out.entry("memory".into()).or_default() += r.get("memory").copied().filter(|v| *v > 0).unwrap_or(200 * 1024 * 1024 * 1000);
+        out.cpu += if r.cpu > 0 { r.cpu } else { 100 };
+        out.memory += if r.memory > 0 { r.memory } else { 200 * 1024 * 1024 * 1000 };
     }
     out
 }
@@ -194,7 +271,7 @@ pub fn node_allocatable(node: &Node) -> Resources {
     let status = node.status.as_ref();
     let alloc = status.and_then(|s| s.allocatable.as_ref().or(s.capacity.as_ref()));
     for (k, q) in alloc.into_iter().flatten() {
-        out.insert(k.clone(), parse_milli(&q.0).unwrap_or(0));
+        out.set(k, parse_milli(&q.0).unwrap_or(0));
     }
     out
 }
@@ -293,31 +370,19 @@ pub fn matches_node_selector(pod: &Pod, node: &Node) -> bool {
 }
 
 fn resource_reasons(pod_req: &Resources, alloc: &Resources, usage: &NodeUsage) -> Vec<String> {
-    let free = |name: &str| alloc.get(name).copied().unwrap_or(0) - usage.requested.get(name).copied().unwrap_or(0);
-    let alloc_pods = alloc.get("pods").copied().unwrap_or(0) / 1000;
+    let alloc_pods = alloc.pods / 1000;
     // The common case without allocations: everything fits.
-    if usage.pods < alloc_pods as i64 && pod_req.iter().all(|(k, want)| k == "pods" || *want <= 0 || *want <= free(k)) {
+    if (usage.pods as i128) < alloc_pods && pod_req.fits(alloc, &usage.requested) {
         return Vec::new();
     }
     let mut reasons = Vec::new();
-    if usage.pods + 1 > alloc_pods as i64 {
+    if usage.pods as i128 + 1 > alloc_pods {
         reasons.push(TOO_MANY_PODS.to_string());
     }
-    // cpu, memory, ephemeral-storage first, then other (extended) resources, as upstream.
-    let mut names: Vec<&String> = pod_req.keys().filter(|k| k.as_str() != "pods").collect();
-    let rank = |k: &str| match k {
-        "cpu" => 0,
-        "memory" => 1,
-        "ephemeral-storage" => 2,
-        _ => 3,
-    };
-    names.sort_by_key(|k| (rank(k), (*k).clone()));
-    for name in names {
-        let want = pod_req.get(name).copied().unwrap_or(0);
-        if want <= 0 {
-            continue;
-        }
-        if want > free(name) {
+    // cpu, memory, ephemeral-storage first, then other (extended) resources by name, as
+    // upstream (the order `iter` yields them in).
+    for (name, want) in pod_req.iter() {
+        if name != "pods" && want > 0 && want > alloc.get(name) - usage.requested.get(name) {
             reasons.push(format!("Insufficient {name}"));
         }
     }
@@ -365,32 +430,26 @@ pub fn score(pod: &Pod, node: &Node, usage: &NodeUsage) -> i64 {
 /// NodeResourcesFit's LeastAllocated strategy over cpu and memory (weight 1 each), with the
 /// non-zero defaults for containers without requests, counting the incoming pod: 0..=100.
 pub fn least_allocated(info: &PodInfo, alloc: &Resources, usage: &NodeUsage) -> i64 {
-    let one = |name: &str| -> i128 {
-        let cap = alloc.get(name).copied().unwrap_or(0);
-        let req = usage.nonzero.get(name).copied().unwrap_or(0) + info.nonzero.get(name).copied().unwrap_or(0);
+    let one = |cap: i128, req: i128| -> i128 {
         if cap <= 0 || req > cap {
             0
         } else {
             (cap - req) * 100 / cap
         }
     };
-    ((one("cpu") + one("memory")) / 2) as i64
+    let cpu = one(alloc.cpu, usage.nonzero.cpu + info.nonzero.cpu);
+    let memory = one(alloc.memory, usage.nonzero.memory + info.nonzero.memory);
+    ((cpu + memory) / 2) as i64
 }
 
 /// NodeResourcesBalancedAllocation: 100 * (1 - the standard deviation of the cpu and memory
 /// fractions requested, the incoming pod included); nodes whose use stays balanced score high.
 pub fn balanced_allocation(info: &PodInfo, alloc: &Resources, usage: &NodeUsage) -> i64 {
-    let mut fractions: Vec<f64> = Vec::with_capacity(2);
-    for name in ["cpu", "memory"] {
-        let cap = alloc.get(name).copied().unwrap_or(0);
-        if cap <= 0 {
-            continue;
-        }
-        let req = usage.requested.get(name).copied().unwrap_or(0) + info.requests.get(name).copied().unwrap_or(0);
-        fractions.push((req as f64 / cap as f64).min(1.0));
-    }
-    let std = match fractions.as_slice() {
-        [a, b] => (a - b).abs() / 2.0,
+    let fraction = |cap: i128, req: i128| (cap > 0).then(|| (req as f64 / cap as f64).min(1.0));
+    let cpu = fraction(alloc.cpu, usage.requested.cpu + info.requests.cpu);
+    let memory = fraction(alloc.memory, usage.requested.memory + info.requests.memory);
+    let std = match (cpu, memory) {
+        (Some(a), Some(b)) => (a - b).abs() / 2.0,
         _ => 0.0,
     };
     ((1.0 - std) * 100.0) as i64
@@ -619,8 +678,30 @@ mod tests {
             "initContainers": [{"name": "i", "image": "x", "resources": {"requests": {"cpu": "3", "memory": "1Mi"}}}]
         }}));
         let r = pod_requests(&p);
-        assert_eq!(r.get("cpu"), Some(&3000));
-        assert_eq!(r.get("memory"), Some(&(1024 * 1024 * 1000)));
+        assert_eq!(r.get("cpu"), 3000);
+        assert_eq!(r.get("memory"), 1024 * 1024 * 1000);
+    }
+
+    #[test]
+    fn extended_resources_are_counted_and_reported_after_the_standard_ones() {
+        let n = node(json!({"status": {"allocatable": {"cpu": "2", "memory": "4Gi", "pods": "10", "example.com/gpu": "1", "a.io/fpga": "2"}}}));
+        let want = |cpu: &str, gpu: &str, fpga: &str| pod(json!({"spec": {"containers": [{"name": "c", "image": "x", "resources": {"requests": {"cpu": cpu, "example.com/gpu": gpu, "a.io/fpga": fpga}}}]}}));
+        let mut usage = NodeUsage::default();
+        assert_eq!(filter(&want("1", "1", "2"), &n, &usage), Ok(()));
+        usage.add(&want("1", "1", "1"));
+        assert_eq!(usage.requested.get("example.com/gpu"), 1000);
+        let f = filter(&want("2", "1", "2"), &n, &usage).err().map(|f| f.reasons);
+        assert_eq!(f, Some(vec!["Insufficient cpu".to_string(), "Insufficient a.io/fpga".to_string(), "Insufficient example.com/gpu".to_string()]));
+        // Removing the pod gives everything back.
+        usage.remove_info(&PodInfo::of(&want("1", "1", "1")));
+        assert_eq!(filter(&want("2", "1", "2"), &n, &usage), Ok(()));
+        // A sidecar (restartable init container) adds to the app containers; zero amounts are absent.
+        let p = pod(json!({"spec": {
+            "containers": [{"name": "c", "image": "x", "resources": {"requests": {"cpu": "1", "example.com/gpu": "0"}}}],
+            "initContainers": [{"name": "s", "image": "x", "restartPolicy": "Always", "resources": {"requests": {"cpu": "500m"}}}]
+        }}));
+        let r = pod_requests(&p);
+        assert_eq!(r.iter().collect::<Vec<_>>(), vec![("cpu", 1500)]);
     }
 
     #[test]
