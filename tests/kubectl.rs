@@ -821,6 +821,55 @@ fn bad_requests_get_kubernetes_status_errors_and_store_nothing() {
 }
 
 #[test]
+fn paginated_lists_are_one_snapshot_and_a_watch_from_their_revision_misses_nothing() {
+    let c = up();
+    for n in ["b1", "b2", "b3", "b4", "b5"] {
+        c.kubectl_ok(&["create", "configmap", n, "--from-literal=v=old"]);
+        c.kubectl_ok(&["label", "configmap", n, "set=p"]);
+    }
+    let base = "/api/v1/namespaces/default/configmaps?labelSelector=set%3Dp";
+    let page = |q: &str| json(&c.kubectl_ok(&["get", "--raw", &format!("{base}&{q}")]));
+    let first = page("limit=2");
+    let rv = first["metadata"]["resourceVersion"].as_str().expect("rv").to_string();
+    let mut seen: Vec<(String, String)> = Vec::new();
+    let mut collect = |p: &serde_json::Value| {
+        for i in p["items"].as_array().expect("items") {
+            seen.push((i["metadata"]["name"].as_str().unwrap_or("").to_string(), i["data"]["v"].as_str().unwrap_or("").to_string()));
+        }
+    };
+    collect(&first);
+    // Changes after the first page: a new object that sorts first, one changed, one deleted.
+    c.kubectl_ok(&["create", "configmap", "a0"]);
+    c.kubectl_ok(&["label", "configmap", "a0", "set=p"]);
+    c.kubectl_ok(&["patch", "configmap", "b4", "-p", r#"{"data":{"v":"new"}}"#]);
+    c.kubectl_ok(&["delete", "configmap", "b5"]);
+    let mut cont = first["metadata"]["continue"].as_str().map(str::to_string);
+    let mut pages = 1;
+    while let Some(token) = cont.take() {
+        let p = page(&format!("limit=2&continue={token}"));
+        assert_eq!(p["metadata"]["resourceVersion"].as_str(), Some(rv.as_str()), "every page at the first page's revision: {p}");
+        collect(&p);
+        cont = p["metadata"]["continue"].as_str().filter(|t| !t.is_empty()).map(str::to_string);
+        pages += 1;
+    }
+    assert_eq!(pages, 3);
+    let want: Vec<(String, String)> = ["b1", "b2", "b3", "b4", "b5"].iter().map(|n| (n.to_string(), "old".to_string())).collect();
+    assert_eq!(seen, want, "the list as of its revision");
+    // A watch from the list's revision sees everything after it, once.
+    let events = c.kubectl_ok(&["get", "--raw", &format!("{base}&watch=1&resourceVersion={rv}&timeoutSeconds=3")]);
+    let got: Vec<(String, String)> = events
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let e = json(l);
+            (e["type"].as_str().unwrap_or("").to_string(), e["object"]["metadata"]["name"].as_str().unwrap_or("").to_string())
+        })
+        .collect();
+    let want: Vec<(String, String)> = [("ADDED", "a0"), ("MODIFIED", "b4"), ("DELETED", "b5")].iter().map(|(t, n)| (t.to_string(), n.to_string())).collect();
+    assert_eq!(got, want, "{events}");
+}
+
+#[test]
 fn rbac_refuses_granting_permissions_the_granter_does_not_hold() {
     let c = up();
     c.kubectl_ok(&["create", "namespace", "team"]);

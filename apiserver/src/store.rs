@@ -239,8 +239,14 @@ impl Store {
         let batch = if limit == 0 { 0 } else { (limit + 1).max(64) as i64 };
         loop {
             let req = RangeRequest { key: from.clone(), range_end: end.to_vec(), revision: at, limit: batch, ..Default::default() };
-            let (resp, rev) = self.replica.range_page(&req, true).await?;
-            at = rev;
+            // The store answers with its current revision; a read at a given revision (a
+            // continue token's, or this list's first batch) stays at that one, so every page of a
+            // list is the same snapshot and a watch from the list's revision misses nothing.
+            let (resp, current) = self.replica.range_page(&req, true).await?;
+            if at <= 0 {
+                at = current;
+            }
+            let rev = at;
             let last_key = resp.kvs.last().map(|kv| kv.key.clone());
             for kv in resp.kvs {
                 let Some(item) = pick(&kv)? else { continue };
