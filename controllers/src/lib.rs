@@ -156,7 +156,7 @@ pub async fn run_controllers(client: Client, root_ca: Arc<Option<String>>, nodes
     set.spawn(named("nodelifecycle", nodelifecycle::run(client.clone(), nodes.clone(), inf.clone())));
     set.spawn(named("taint-eviction", taint::run(client.clone(), inf.clone())));
     if nodes.allocate_node_cidrs {
-        set.spawn(named("nodeipam", nodeipam::run(client.clone(), nodes.clone())));
+        set.spawn(named("nodeipam", nodeipam::run(client.clone(), nodes.clone(), inf.clone())));
     }
     set.spawn(named("podgc", podgc::run(client.clone(), nodes.clone(), inf.clone())));
     set.spawn(named("daemonset", daemonset::run(client.clone(), inf.clone())));

@@ -17,7 +17,6 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::Store;
-use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
@@ -109,7 +108,7 @@ fn pod_cidrs(node: &Node) -> Vec<String> {
     v
 }
 
-pub async fn run(client: Client, settings: Arc<NodeSettings>) -> anyhow::Result<()> {
+pub async fn run(client: Client, settings: Arc<NodeSettings>, inf: Arc<crate::informer::Informers>) -> anyhow::Result<()> {
     let subnets = match Subnets::new(&settings.cluster_cidr, settings.node_cidr_mask_size) {
         Ok(s) => s,
         Err(e) => {
@@ -120,8 +119,11 @@ pub async fn run(client: Client, settings: Arc<NodeSettings>) -> anyhow::Result<
         }
     };
     tracing::info!(cluster_cidr = %settings.cluster_cidr, mask = settings.node_cidr_mask_size, subnets = subnets.len(), "node CIDR allocator starting");
-    let ctl = Controller::new(Api::<Node>::all(client.clone()), watcher::Config::default());
-    let nodes = ctl.store();
+    // The cache must hold every node before we can tell which subnets are free: start once
+    // the shared node cache has its first list.
+    inf.nodes.wait_ready().await;
+    let nodes = inf.nodes.store();
+    let ctl = Controller::for_shared_stream(inf.nodes.subscribe_applied(), nodes.clone());
     let ctx = Arc::new(Ctx { client, nodes, subnets, state: Mutex::new(Alloc::default()) });
     crate::util::drain("nodeipam", ctl.run(reconcile, crate::util::error_policy, ctx)).await;
     Ok(())
@@ -136,8 +138,6 @@ async fn sync(node: &Node, ctx: &Ctx) -> anyhow::Result<Action> {
     if node.metadata.deletion_timestamp.is_some() || !pod_cidrs(node).is_empty() {
         return Ok(Action::await_change());
     }
-    // The cache must hold every node before we can tell which subnets are free.
-    ctx.nodes.wait_until_ready().await.context("node cache")?;
     let picked = {
         let mut st = ctx.state.lock().unwrap_or_else(|e| e.into_inner());
         let all = ctx.nodes.state();

@@ -41,6 +41,8 @@ const ASSUME_TTL: Duration = Duration::from_secs(30);
 const EVENT_REPEAT: Duration = Duration::from_secs(60);
 /// Bindings (and unschedulable status writes) in flight at most.
 const BIND_CONCURRENCY: usize = 64;
+/// How long one binding request may take before the pod is retried.
+const BIND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Events waiting to be written at most; beyond that they are dropped (best effort).
 const EVENT_QUEUE: usize = 2048;
 const EVENT_CONCURRENCY: usize = 16;
@@ -848,7 +850,12 @@ async fn bind(client: &Client, pod: &Pod, node: &str) -> Result<(), kube::Error>
         .header(http::header::CONTENT_TYPE, "application/json")
         .body(serde_json::to_vec(&body).map_err(kube::Error::SerdeError)?)
         .map_err(kube::Error::HttpError)?;
-    client.request::<serde_json::Value>(req).await.map(|_| ())
+    // Bounded, so that a request lost in a stuck connection returns its permit and the pod to
+    // the queue (a binding that did land shows up on the watch, and the retry gets a conflict).
+    match tokio::time::timeout(BIND_TIMEOUT, client.request::<serde_json::Value>(req)).await {
+        Ok(r) => r.map(|_| ()),
+        Err(_) => Err(kube::Error::Service(format!("binding pod {ns}/{name} to {node}: no answer within {BIND_TIMEOUT:?}").into())),
+    }
 }
 
 /// Writes the Events queued by the loop and the binding tasks, a few at a time. Failures are
