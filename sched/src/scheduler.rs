@@ -658,39 +658,63 @@ impl Scheduler {
                 });
             }
             Err(unfit) => {
-                let msg = self.postfilter(&pod, unfit);
-                self.unschedulable_pod(pod, msg, permit, done)
+                let (msg, clear) = self.postfilter(&pod, unfit);
+                self.unschedulable_pod(pod, msg, clear, permit, done)
             }
         }
     }
 
-    /// Preemption for a pod that fits nowhere; returns the FailedScheduling message.
-    fn postfilter(&mut self, pod: &Arc<Pod>, unfit: Box<Unfit>) -> String {
+    /// Preemption for a pod that fits nowhere; returns the FailedScheduling message, and
+    /// whether the pod's nomination is to be cleared (it had one, and preemption found no node:
+    /// upstream's PostFilter answers with an empty nomination then).
+    fn postfilter(&mut self, pod: &Arc<Pod>, unfit: Box<Unfit>) -> (String, bool) {
         let num = self.cache.num_nodes();
         let k = key(pod);
+        let status_nomination = pod.status.as_ref().and_then(|s| s.nominated_node_name.clone()).filter(|n| !n.is_empty());
+        let nominated = self.cache.nominated.get(&k).map(|n| n.0.clone()).or_else(|| status_nomination.clone());
         if let Some(msg) = &unfit.prefilter {
-            return filter::fit_error_prefilter(num, msg);
+            return (filter::fit_error_prefilter(num, msg), false);
         }
         if !preempt::may_preempt(pod) {
-            return filter::fit_error_with(num, &unfit.failures, Some("not eligible due to preemptionPolicy=Never."));
+            return (filter::fit_error_with(num, &unfit.failures, Some("not eligible due to preemptionPolicy=Never.")), false);
         }
-        let nominated = self.cache.nominated.get(&k).map(|n| n.0.clone()).or_else(|| pod.status.as_ref().and_then(|s| s.nominated_node_name.clone()));
         if nominated.as_deref().is_some_and(|n| preempt::waiting_for_victims(&self.cache, pod, n)) {
-            return filter::fit_error_with(num, &unfit.failures, Some("not eligible due to a terminating pod on the nominated node."));
+            return (filter::fit_error_with(num, &unfit.failures, Some("not eligible due to a terminating pod on the nominated node.")), false);
         }
         let Some(c) = preempt::find(&self.cache, pod, &unfit.prep, &unfit.resolvable) else {
-            return filter::fit_error_message(num, &unfit.failures);
+            let had = self.cache.nominated.remove(&k).is_some() || status_nomination.is_some();
+            return (filter::fit_error_message(num, &unfit.failures), had);
         };
         tracing::info!(pod = %k, node = %c.node, victims = c.victims.len(), "preempting");
-        self.cache.nominated.insert(k, (c.node.clone(), preempt::priority(pod), PodInfo::of(pod)));
+        let priority = preempt::priority(pod);
+        // Lower-priority pods nominated to the same node may not fit there any more: they lose
+        // their nomination and are tried again (upstream's prepareCandidate).
+        let displaced: Vec<Arc<Pod>> = self
+            .cache
+            .nominated
+            .iter()
+            .filter(|(other, (node, p, _))| **other != k && *node == c.node && *p < priority)
+            .filter_map(|(other, _)| self.pending.get(other).cloned())
+            .collect();
+        for d in &displaced {
+            let dk = key(d);
+            self.cache.nominated.remove(&dk);
+            self.enqueue(&dk, d);
+        }
+        self.cache.nominated.insert(k, (c.node.clone(), priority, PodInfo::of(pod)));
         let (client, events) = (self.client.clone(), self.events.clone());
         let pod = pod.clone();
         tokio::spawn(async move {
+            for d in &displaced {
+                if let Err(e) = clear_nomination(&client, d).await {
+                    tracing::debug!(pod = %key(d), error = %e, "clearing a nomination failed");
+                }
+            }
             if let Err(e) = preempt_victims(&client, &pod, &c, events).await {
                 tracing::warn!(error = %e, "preemption failed");
             }
         });
-        filter::fit_error_with(num, &unfit.failures, Some(""))
+        (filter::fit_error_with(num, &unfit.failures, Some("")), false)
     }
 
     fn done(&mut self, d: Done) -> anyhow::Result<()> {
@@ -722,7 +746,7 @@ impl Scheduler {
 
     /// Records the failure: backoff state, then (in a task) the PodScheduled condition and a
     /// FailedScheduling event.
-    fn unschedulable_pod(&mut self, pod: Arc<Pod>, msg: String, permit: tokio::sync::OwnedSemaphorePermit, done: &mpsc::UnboundedSender<Done>) {
+    fn unschedulable_pod(&mut self, pod: Arc<Pod>, msg: String, clear_nomination: bool, permit: tokio::sync::OwnedSemaphorePermit, done: &mpsc::UnboundedSender<Done>) {
         let k = key(&pod);
         tracing::debug!(pod = %k, message = %msg, "unschedulable");
         self.backoff(&pod, false);
@@ -737,16 +761,19 @@ impl Scheduler {
         }
         let current = pod.status.as_ref().and_then(|s| s.conditions.as_ref()).and_then(|cs| cs.iter().find(|c| c.type_ == "PodScheduled"));
         let same = current.is_some_and(|c| c.status == "False" && c.reason.as_deref() == Some("Unschedulable") && c.message.as_deref() == Some(msg.as_str()));
-        if same {
+        if same && !clear_nomination {
             return;
         }
         let (client, done) = (self.client.clone(), done.clone());
         tokio::spawn(async move {
             let (ns, name) = (pod.metadata.namespace.as_deref().unwrap_or(""), pod.metadata.name.as_deref().unwrap_or(""));
-            let patch = json!({"status": {"conditions": [{
+            let mut patch = json!({"status": {"conditions": [{
                 "type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": msg,
                 "lastProbeTime": null, "lastTransitionTime": Time(Timestamp::now()),
             }]}});
+            if clear_nomination {
+                patch["status"]["nominatedNodeName"] = serde_json::Value::Null;
+            }
             let api: Api<Pod> = Api::namespaced(client, ns);
             match api.patch_status(name, &PatchParams::default(), &Patch::Strategic(&patch)).await {
                 Ok(_) => {}
@@ -758,6 +785,13 @@ impl Scheduler {
             drop(permit);
         });
     }
+}
+
+/// Removes a pod's status.nominatedNodeName.
+async fn clear_nomination(client: &Client, pod: &Pod) -> Result<(), kube::Error> {
+    let (ns, name) = (pod.metadata.namespace.as_deref().unwrap_or(""), pod.metadata.name.as_deref().unwrap_or(""));
+    let patch = json!({"status": {"nominatedNodeName": null}});
+    Api::<Pod>::namespaced(client.clone(), ns).patch_status(name, &PatchParams::default(), &Patch::Merge(&patch)).await.map(|_| ())
 }
 
 /// Carries out a preemption: the preemptor's status.nominatedNodeName, then per victim a
@@ -937,6 +971,87 @@ mod tests {
             c.upsert_node(n);
         }
         c
+    }
+
+    /// A client whose requests are recorded (method, path, body) and answered with `{}`.
+    fn recording_client() -> (Client, Arc<std::sync::Mutex<Vec<(String, String)>>>) {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let svc = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+            let log = log.clone();
+            async move {
+                let what = format!("{} {}", req.method(), req.uri().path());
+                let body = req.into_body().collect_bytes().await?;
+                log.lock().unwrap().push((what, String::from_utf8_lossy(&body).into_owned()));
+                Ok::<_, kube::Error>(http::Response::new(kube::client::Body::from(b"{}".to_vec())))
+            }
+        });
+        (Client::new(svc, "default"), seen)
+    }
+
+    fn prio_pod(name: &str, priority: i32, cpu: &str, node: Option<&str>, nominated: Option<&str>) -> Arc<Pod> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": "d", "uid": format!("uid-{name}")},
+                "spec": {"priority": priority, "nodeName": node, "containers": [{"name": "c", "image": "x", "resources": {"requests": {"cpu": cpu}}}]},
+                "status": {"nominatedNodeName": nominated}
+            }))
+            .expect("pod"),
+        )
+    }
+
+    async fn settle(seen: &std::sync::Mutex<Vec<(String, String)>>, want: usize) -> Vec<(String, String)> {
+        for _ in 0..200 {
+            if seen.lock().unwrap().len() >= want {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        seen.lock().unwrap().clone()
+    }
+
+    #[tokio::test]
+    async fn a_nominated_pod_that_preemption_can_no_longer_help_loses_its_nomination() {
+        let (client, seen) = recording_client();
+        let mut s = Scheduler::new(client, "test".into());
+        s.cache.upsert_node(node("a", json!({})));
+        // The node is full with a pod of higher priority: nothing to preempt.
+        s.cache.update_pod(prio_pod("top", 5000, "4", Some("a"), None));
+        let p = prio_pod("p", 100, "1", None, Some("a"));
+        s.cache.nominated.insert(key(&p), ("a".into(), 100, PodInfo::of(&p)));
+        let unfit = choose(&s.cache, &p, &mut 0).err().expect("unfit");
+        let (msg, clear) = s.postfilter(&p, unfit);
+        assert!(clear, "{msg}");
+        assert!(!s.cache.nominated.contains_key(&key(&p)));
+        // Without a nomination there is nothing to clear.
+        let q = prio_pod("q", 100, "1", None, None);
+        let unfit = choose(&s.cache, &q, &mut 0).err().expect("unfit");
+        assert!(!s.postfilter(&q, unfit).1);
+        assert!(seen.lock().unwrap().is_empty(), "no preemption requests");
+    }
+
+    #[tokio::test]
+    async fn preempting_takes_the_nomination_of_lower_priority_pods_nominated_to_the_node() {
+        let (client, seen) = recording_client();
+        let mut s = Scheduler::new(client, "test".into());
+        s.cache.upsert_node(node("a", json!({})));
+        s.cache.update_pod(prio_pod("low", 0, "4", Some("a"), None));
+        let mid = prio_pod("mid", 50, "2", None, Some("a"));
+        s.pending.insert(key(&mid), mid.clone());
+        s.cache.nominated.insert(key(&mid), ("a".into(), 50, PodInfo::of(&mid)));
+        let top = prio_pod("top", 100, "4", None, None);
+        let unfit = choose(&s.cache, &top, &mut 0).err().expect("unfit");
+        let (_, clear) = s.postfilter(&top, unfit);
+        assert!(!clear);
+        assert_eq!(s.cache.nominated.get(&key(&top)).map(|n| n.0.as_str()), Some("a"));
+        assert!(!s.cache.nominated.contains_key(&key(&mid)), "mid lost its nomination");
+        assert!(s.queued.contains(&key(&mid)), "and is tried again");
+        // Requests: mid's nomination cleared, top nominated, low's DisruptionTarget and deletion.
+        let reqs = settle(&seen, 4).await;
+        assert_eq!(reqs[0].0, "PATCH /api/v1/namespaces/d/pods/mid/status");
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&reqs[0].1).unwrap(), json!({"status": {"nominatedNodeName": null}}));
+        assert_eq!(reqs[1].0, "PATCH /api/v1/namespaces/d/pods/top/status");
+        assert!(reqs.iter().any(|(w, _)| w == "DELETE /api/v1/namespaces/d/pods/low"), "{reqs:?}");
     }
 
     #[test]
