@@ -52,7 +52,14 @@ pub struct Cache {
     pub pdbs: HashMap<String, Arc<k8s_openapi::api::policy::v1::PodDisruptionBudget>>,
     /// Namespace labels, for namespaceSelector in affinity terms.
     pub namespaces: HashMap<String, BTreeMap<String, String>>,
+    /// Counted pods by (namespace, label key, label value), with their nodes: the pods a
+    /// selector can match are among those carrying one of its matchLabels pairs, so
+    /// inter-pod affinity looks at those instead of every pod in the cache.
+    by_label: HashMap<(String, String, String), HashMap<String, (String, Arc<Pod>)>>,
 }
+
+/// Pods carrying one label pair: key -> (node, pod).
+pub type Labelled = HashMap<String, (String, Arc<Pod>)>;
 
 /// namespace/name
 pub fn key(pod: &Pod) -> String {
@@ -140,7 +147,9 @@ impl Cache {
         if let Some(&i) = self.index.get(&c.node) {
             let n = &mut self.nodes[i];
             n.usage.remove_info(&c.info);
-            n.pods.remove(key);
+            if let Some(old) = n.pods.remove(key) {
+                self.unindex(key, &old);
+            }
         }
         let node = c.node.clone();
         self.drop_if_empty(&node);
@@ -155,10 +164,36 @@ impl Cache {
         if crate::interpod::has_required_anti_affinity(&pod) {
             self.anti.insert(key.clone(), (node.to_string(), Arc::new(crate::interpod::required_terms(&pod, true))));
         }
+        self.index_labels(&key, node, &pod);
         let n = self.slot(node);
         n.usage.add_info(&info);
         n.pods.insert(key.clone(), pod.clone());
         self.counted.insert(key, Counted { uid: uid(&pod), node: node.to_string(), info, assumed });
+    }
+
+    fn index_labels(&mut self, key: &str, node: &str, pod: &Arc<Pod>) {
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        for (k, v) in pod.metadata.labels.iter().flatten() {
+            self.by_label.entry((ns.clone(), k.clone(), v.clone())).or_default().insert(key.to_string(), (node.to_string(), pod.clone()));
+        }
+    }
+
+    fn unindex(&mut self, key: &str, pod: &Pod) {
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        for (k, v) in pod.metadata.labels.iter().flatten() {
+            let id = (ns.clone(), k.clone(), v.clone());
+            if let Some(m) = self.by_label.get_mut(&id) {
+                m.remove(key);
+                if m.is_empty() {
+                    self.by_label.remove(&id);
+                }
+            }
+        }
+    }
+
+    /// Counted pods of namespace `ns` labelled `k=v`.
+    pub fn labelled(&self, ns: &str, k: &str, v: &str) -> Option<&Labelled> {
+        self.by_label.get(&(ns.to_string(), k.to_string(), v.to_string()))
     }
 
     /// A pod as the watch shows it. Returns whether what nodes hold changed (a pod was added
@@ -170,8 +205,12 @@ impl Cache {
         if let Some(c) = self.counted.get(&k) {
             // Our assumption holds until the watch shows the binding (or the pod is replaced).
             if c.assumed.is_some() && c.uid == uid(&pod) && target.is_none() && !is_terminal(&pod) {
-                if let Some(n) = self.index.get(&c.node).map(|i| &mut self.nodes[*i]) {
-                    n.pods.insert(k, pod);
+                let node = c.node.clone();
+                if let Some(n) = self.index.get(&node).map(|i| &mut self.nodes[*i]) {
+                    if let Some(old) = n.pods.insert(k.clone(), pod.clone()) {
+                        self.unindex(&k, &old);
+                    }
+                    self.index_labels(&k, &node, &pod);
                 }
                 return false;
             }
