@@ -55,7 +55,7 @@ pub struct Cache {
     /// Counted pods by (namespace, label key, label value), with their nodes: the pods a
     /// selector can match are among those carrying one of its matchLabels pairs, so
     /// inter-pod affinity looks at those instead of every pod in the cache.
-    by_label: HashMap<(String, String, String), HashMap<String, (String, Arc<Pod>)>>,
+    by_label: HashMap<(String, String, String), Labelled>,
 }
 
 /// Pods carrying one label pair: key -> (node, pod).

@@ -289,7 +289,9 @@ fn prepare_with(cache: &Cache, pod: &Pod, use_index: bool) -> Prepared {
             }
         }
     }
-    if (!p.affinity.is_empty() || !p.anti.is_empty() || !preferred.is_empty()) && !(use_index && count_indexed(cache, &mut p, &preferred)) {
+    let has_terms = !p.affinity.is_empty() || !p.anti.is_empty() || !preferred.is_empty();
+    let indexed = has_terms && use_index && count_indexed(cache, &mut p, &preferred);
+    if has_terms && !indexed {
         for ni in &cache.nodes {
             if ni.node.is_none() {
                 continue;

@@ -974,7 +974,9 @@ mod tests {
     }
 
     /// A client whose requests are recorded (method, path, body) and answered with `{}`.
-    fn recording_client() -> (Client, Arc<std::sync::Mutex<Vec<(String, String)>>>) {
+    type Requests = Arc<std::sync::Mutex<Vec<(String, String)>>>;
+
+    fn recording_client() -> (Client, Requests) {
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         let log = seen.clone();
         let svc = tower::service_fn(move |req: http::Request<kube::client::Body>| {
