@@ -172,28 +172,58 @@ fn spread_constraints(pod: &Pod, hard: bool) -> Vec<SpreadConstraint> {
 }
 
 /// Counts matching pods per domain over the nodes eligible for the constraints (all topology
-/// keys present, node affinity and taints per the policies).
-fn count_spread(constraints: &mut [SpreadConstraint], pod: &Pod, nodes: &[NodeInfo]) {
+/// keys present, node affinity and taints per the policies). Every eligible node's domain is
+/// present, with 0 if no pod matches there. The pods counted come from the cache's label index
+/// when the selector has matchLabels (the pods carrying its rarest pair), else from every node.
+fn count_spread(constraints: &mut [SpreadConstraint], pod: &Pod, cache: &Cache, use_index: bool) {
     if constraints.is_empty() {
         return;
     }
     let ns = pod.metadata.namespace.as_deref().unwrap_or("");
-    for ni in nodes {
-        let Some(node) = &ni.node else { continue };
-        let labels = node_labels(node);
-        if !constraints.iter().all(|c| labels.contains_key(&c.key)) {
-            continue;
-        }
-        for c in constraints.iter_mut() {
+    let all_keys = |labels: &Labels| constraints.iter().all(|c| labels.contains_key(&c.key));
+    let keys_ok: Vec<bool> = cache.nodes.iter().map(|ni| ni.node.as_deref().is_some_and(|n| all_keys(node_labels(n)))).collect();
+    for c in constraints.iter_mut() {
+        let eligible = |ni: &NodeInfo| -> Option<String> {
+            let node = ni.node.as_deref()?;
             if c.honor_affinity && !matches_node_selector(pod, node) {
-                continue;
+                return None;
             }
             if c.honor_taints && untolerated_taint(pod, node).is_some() {
-                continue;
+                return None;
             }
-            let n = ni.pods.values().filter(|p| pod_is_counted_for_spread(p) && p.metadata.namespace.as_deref() == Some(ns) && c.selector.as_ref().is_some_and(|s| selector_matches(s, pod_labels(p)))).count() as i64;
-            *c.counts.entry(labels[&c.key].clone()).or_default() += n;
+            node_labels(node).get(&c.key).cloned()
+        };
+        let matching = |p: &Pod| pod_is_counted_for_spread(p) && p.metadata.namespace.as_deref() == Some(ns) && c.selector.as_ref().is_some_and(|s| selector_matches(s, pod_labels(p)));
+        let rarest = c.selector.as_ref().and_then(|s| s.match_labels.as_ref()).and_then(|m| m.iter().min_by_key(|(k, v)| cache.labelled(ns, k, v).map_or(0, |l| l.len())));
+        let mut counts: HashMap<String, i64> = HashMap::new();
+        match rarest.filter(|_| use_index) {
+            Some((k, v)) => {
+                // The domain of each eligible node, then the matching pods on those nodes.
+                let mut domain_of: HashMap<&str, String> = HashMap::new();
+                for (ni, ok) in cache.nodes.iter().zip(&keys_ok) {
+                    if let Some(d) = ok.then(|| eligible(ni)).flatten() {
+                        counts.entry(d.clone()).or_default();
+                        domain_of.insert(ni.name.as_str(), d);
+                    }
+                }
+                for (node, p) in cache.labelled(ns, k, v).into_iter().flat_map(|l| l.values()) {
+                    if let Some(d) = domain_of.get(node.as_str()) {
+                        if matching(p) {
+                            *counts.entry(d.clone()).or_default() += 1;
+                        }
+                    }
+                }
+            }
+            None => {
+                for (ni, ok) in cache.nodes.iter().zip(&keys_ok) {
+                    if let Some(d) = ok.then(|| eligible(ni)).flatten() {
+                        let n = ni.pods.values().filter(|p| matching(p)).count() as i64;
+                        *counts.entry(d).or_default() += n;
+                    }
+                }
+            }
         }
+        c.counts = counts;
     }
 }
 
@@ -324,8 +354,8 @@ fn prepare_with(cache: &Cache, pod: &Pod, use_index: bool) -> Prepared {
     if !p.affinity.is_empty() {
         p.self_affinity = p.affinity.iter().all(|t| t.matches(pod, ns_labels));
     }
-    count_spread(&mut p.hard, pod, &cache.nodes);
-    count_spread(&mut p.soft, pod, &cache.nodes);
+    count_spread(&mut p.hard, pod, cache, use_index);
+    count_spread(&mut p.soft, pod, cache, use_index);
     p
 }
 
@@ -500,7 +530,10 @@ mod tests {
             }
             for app in apps {
                 let term = |key: &str, labels: serde_json::Value| json!({"labelSelector": {"matchLabels": labels}, "topologyKey": key, "namespaces": ["d", "e", "d"]});
-                let spec = json!({"affinity": {
+                let spec = json!({"topologySpreadConstraints": [
+                    {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": app, "tier": "t0"}}},
+                    {"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": {"matchLabels": {"app": app}}}],
+                    "affinity": {
                     "podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [term("topology.kubernetes.io/zone", json!({"app": app}))],
                         "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 3, "podAffinityTerm": term("kubernetes.io/hostname", json!({"tier": "t1"}))}]},
                     "podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [term("kubernetes.io/hostname", json!({"app": app, "tier": "t0"}))]}}});
@@ -509,6 +542,9 @@ mod tests {
                 assert_eq!(fast.affinity_counts, walk.affinity_counts, "round {round}");
                 assert_eq!(fast.anti_counts, walk.anti_counts, "round {round}");
                 assert_eq!(fast.preferred, walk.preferred, "round {round}");
+                let spread = |p: &Prepared| p.hard.iter().chain(&p.soft).map(|c| c.counts.clone()).collect::<Vec<_>>();
+                assert_eq!(spread(&fast), spread(&walk), "round {round}");
+                assert_eq!(spread(&walk)[1].len(), 3, "every eligible node is a domain, pods or not");
                 assert!(!walk.anti_counts.is_empty() || round < 40, "the comparison counts something");
             }
         }
