@@ -42,7 +42,10 @@ pub struct Cache {
     /// Pods assumed and not confirmed yet.
     assumed: usize,
     /// Counted pods with required anti-affinity: their nodes and terms.
-    anti: HashMap<String, (String, Arc<Vec<crate::interpod::Term>>)>,
+    anti: HashMap<String, (String, Vec<String>)>,
+    /// The distinct required anti-affinity terms of counted pods (by signature), with how
+    /// many pods carry each per node: an incoming pod is matched once per distinct term.
+    anti_terms: HashMap<String, (Arc<crate::interpod::Term>, HashMap<String, i64>)>,
     /// Claims, volumes and storage classes, for volume binding.
     pub volumes: crate::volume::Volumes,
     /// Preemptors waiting for their victims to go, by key: (nominated node, priority, requests).
@@ -143,7 +146,21 @@ impl Cache {
         if c.assumed.is_some() {
             self.assumed -= 1;
         }
-        self.anti.remove(key);
+        if let Some((node, sigs)) = self.anti.remove(key) {
+            for sig in sigs {
+                if let Some((_, nodes)) = self.anti_terms.get_mut(&sig) {
+                    if let Some(n) = nodes.get_mut(&node) {
+                        *n -= 1;
+                        if *n <= 0 {
+                            nodes.remove(&node);
+                        }
+                    }
+                    if nodes.is_empty() {
+                        self.anti_terms.remove(&sig);
+                    }
+                }
+            }
+        }
         if let Some(&i) = self.index.get(&c.node) {
             let n = &mut self.nodes[i];
             n.usage.remove_info(&c.info);
@@ -162,7 +179,13 @@ impl Cache {
             self.assumed += 1;
         }
         if crate::interpod::has_required_anti_affinity(&pod) {
-            self.anti.insert(key.clone(), (node.to_string(), Arc::new(crate::interpod::required_terms(&pod, true))));
+            let mut sigs = Vec::new();
+            for t in crate::interpod::required_terms(&pod, true) {
+                let sig = t.signature();
+                *self.anti_terms.entry(sig.clone()).or_insert_with(|| (Arc::new(t), HashMap::new())).1.entry(node.to_string()).or_default() += 1;
+                sigs.push(sig);
+            }
+            self.anti.insert(key.clone(), (node.to_string(), sigs));
         }
         self.index_labels(&key, node, &pod);
         let n = self.slot(node);
@@ -258,9 +281,10 @@ impl Cache {
         false
     }
 
-    /// Counted pods with required anti-affinity: (node, terms).
-    pub fn anti_affinity_pods(&self) -> impl Iterator<Item = (&String, &Arc<Vec<crate::interpod::Term>>)> {
-        self.anti.values().map(|(n, t)| (n, t))
+    /// The distinct required anti-affinity terms of counted pods, with how many pods carry
+    /// each per node.
+    pub fn anti_affinity_terms(&self) -> impl Iterator<Item = (&crate::interpod::Term, &HashMap<String, i64>)> {
+        self.anti_terms.values().map(|(t, n)| (t.as_ref(), n))
     }
 
     /// The node's usage with the room nominated to preemptors of at least `priority` (other

@@ -74,6 +74,12 @@ impl Term {
         Term { topology_key: t.topology_key.clone(), selector: t.label_selector.clone(), namespaces, namespace_selector: t.namespace_selector.clone(), weight }
     }
 
+    /// Equal for equal terms (their weight aside).
+    pub fn signature(&self) -> String {
+        let json = |s: &Option<LabelSelector>| s.as_ref().map(|s| serde_json::to_string(s).unwrap_or_default()).unwrap_or_default();
+        format!("{}\0{:?}\0{}\0{}", self.topology_key, self.namespaces, json(&self.namespace_selector), json(&self.selector))
+    }
+
     /// Whether `pod` is one the term selects. A missing labelSelector selects nothing.
     fn matches(&self, pod: &Pod, ns_labels: &HashMap<String, Labels>) -> bool {
         let ns = pod.metadata.namespace.as_deref().unwrap_or("");
@@ -309,13 +315,13 @@ fn prepare_with(cache: &Cache, pod: &Pod, use_index: bool) -> Prepared {
     let ns_labels = &cache.namespaces;
     let node_value = |ni: &NodeInfo, key: &str| ni.node.as_deref().and_then(|n| node_labels(n).get(key).cloned());
     // Existing pods whose required anti-affinity selects the incoming pod.
-    for (node, terms) in cache.anti_affinity_pods() {
-        let Some(ni) = cache.node(node) else { continue };
-        for t in terms.iter() {
-            if t.matches(pod, ns_labels) {
-                if let Some(v) = node_value(ni, &t.topology_key) {
-                    *p.existing_anti.entry((t.topology_key.clone(), v)).or_default() += 1;
-                }
+    for (t, nodes) in cache.anti_affinity_terms() {
+        if !t.matches(pod, ns_labels) {
+            continue;
+        }
+        for (node, n) in nodes {
+            if let Some(v) = cache.node(node).and_then(|ni| node_value(ni, &t.topology_key)) {
+                *p.existing_anti.entry((t.topology_key.clone(), v)).or_default() += n;
             }
         }
     }
@@ -519,7 +525,16 @@ mod tests {
                 _ => {
                     let labels = json!({"app": apps[rng.random_range(0..3)], "tier": format!("t{}", rng.random_range(0..2))});
                     let node = ["a", "b", "c", "gone"][rng.random_range(0..4)];
-                    let mut p = pod(&name, ns, labels, json!({}));
+                    // Some existing pods repel pods of an app, some twice with the same term.
+                    let spec = match rng.random_range(0..4) {
+                        0 => anti(apps[rng.random_range(0..3)], "kubernetes.io/hostname"),
+                        1 => {
+                            let t = json!({"labelSelector": {"matchLabels": {"app": apps[rng.random_range(0..3)]}}, "topologyKey": "topology.kubernetes.io/zone"});
+                            json!({"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [t.clone(), t]}}})
+                        }
+                        _ => json!({}),
+                    };
+                    let mut p = pod(&name, ns, labels, spec);
                     p.metadata.uid = Some(format!("u{name}"));
                     place(&mut c, p, node);
                     names.push(name);
@@ -542,6 +557,20 @@ mod tests {
                 assert_eq!(fast.affinity_counts, walk.affinity_counts, "round {round}");
                 assert_eq!(fast.anti_counts, walk.anti_counts, "round {round}");
                 assert_eq!(fast.preferred, walk.preferred, "round {round}");
+                // Existing pods' anti-affinity, counted pod by pod.
+                let mut existing: HashMap<Pair, i64> = HashMap::new();
+                for ni in &c.nodes {
+                    for e in ni.pods.values() {
+                        for t in required_terms(e, true) {
+                            let v = ni.node.as_deref().and_then(|n| node_labels(n).get(&t.topology_key).cloned());
+                            if let (true, Some(v)) = (t.matches(&incoming, &c.namespaces), v) {
+                                *existing.entry((t.topology_key.clone(), v)).or_default() += 1;
+                            }
+                        }
+                    }
+                }
+                assert_eq!(fast.existing_anti, existing, "round {round}");
+                assert!(!existing.is_empty() || round < 40, "the comparison counts existing anti-affinity");
                 let spread = |p: &Prepared| p.hard.iter().chain(&p.soft).map(|c| c.counts.clone()).collect::<Vec<_>>();
                 assert_eq!(spread(&fast), spread(&walk), "round {round}");
                 assert_eq!(spread(&walk)[1].len(), 3, "every eligible node is a domain, pods or not");
