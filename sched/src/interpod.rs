@@ -514,6 +514,7 @@ mod tests {
         let apps = ["a", "b", "c"];
         let nss = ["d", "e"];
         let mut names = Vec::new();
+        let mut any_existing = false;
         for round in 0..400 {
             let name = format!("p{}", rng.random_range(0..120));
             let ns = nss[rng.random_range(0..2)];
@@ -570,13 +571,14 @@ mod tests {
                     }
                 }
                 assert_eq!(fast.existing_anti, existing, "round {round}");
-                assert!(!existing.is_empty() || round < 40, "the comparison counts existing anti-affinity");
+                any_existing |= !existing.is_empty();
                 let spread = |p: &Prepared| p.hard.iter().chain(&p.soft).map(|c| c.counts.clone()).collect::<Vec<_>>();
                 assert_eq!(spread(&fast), spread(&walk), "round {round}");
                 assert_eq!(spread(&walk)[1].len(), 3, "every eligible node is a domain, pods or not");
                 assert!(!walk.anti_counts.is_empty() || round < 40, "the comparison counts something");
             }
         }
+        assert!(any_existing, "the comparison counts existing anti-affinity");
     }
 
     #[test]
