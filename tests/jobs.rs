@@ -10,7 +10,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -312,6 +312,55 @@ fn failed_pods_back_off_until_the_limit_and_deadlines_end_jobs() {
     // No further pods.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(items(&json(&c, &["get", "pods", "-l", "job-name=flaky"])).len(), 2);
+}
+
+#[test]
+fn pod_failure_policy_fails_the_job_at_once_or_ignores_failures() {
+    let c = Cluster::up(3, &[]);
+    c.wait_api();
+    let node = "apiVersion: v1\nkind: Node\nmetadata:\n  name: policynode\n  labels: {policy: \"yes\"}\nstatus:\n  allocatable: {cpu: \"4\", memory: 8Gi, pods: \"110\"}\n  capacity: {cpu: \"4\", memory: 8Gi, pods: \"110\"}\n  conditions: [{type: Ready, status: \"True\"}]\n";
+    c.kubectl_ok(&["create", "-f", &c.file("policynode.yaml", node)]);
+    // Pods of "fatal" exit 42; the first two pods of "tolerant" exit 3, later ones succeed.
+    let tolerant_failures = Arc::new(AtomicUsize::new(0));
+    let seen = tolerant_failures.clone();
+    let _kubelet = FakeKubelet::start(&c, "policy", move |p| {
+        if p["spec"]["nodeName"] != "policynode" || matches!(phase(p), "Succeeded" | "Failed") {
+            return None;
+        }
+        let exit = |code: i64| {
+            let mut st = finished_status(false);
+            st["containerStatuses"][0]["state"]["terminated"]["exitCode"] = code.into();
+            st
+        };
+        match p["metadata"]["labels"]["job-name"].as_str() {
+            Some("fatal") => Some(exit(42)),
+            Some("tolerant") if seen.fetch_add(1, Ordering::SeqCst) < 2 => Some(exit(3)),
+            Some("tolerant") => Some(finished_status(true)),
+            _ => None,
+        }
+    });
+    let pin = "      nodeSelector: {policy: \"yes\"}\n";
+    let policy = |action: &str, code: i64| format!("  podFailurePolicy:\n    rules:\n    - action: {action}\n      onExitCodes: {{containerName: c, operator: In, values: [{code}]}}\n");
+    c.kubectl_ok(&["create", "-f", &c.file("fatal.yaml", &job_yaml("fatal", &format!("  backoffLimit: 6\n{}", policy("FailJob", 42)), pin))]);
+    c.kubectl_ok(&["create", "-f", &c.file("tolerant.yaml", &job_yaml("tolerant", &format!("  backoffLimit: 0\n{}", policy("Ignore", 3)), pin))]);
+
+    wait_job(&c, "failed", "fatal", 40);
+    let fatal = json(&c, &["get", "job", "fatal"]);
+    let failed = condition(&fatal, "Failed").expect("Failed");
+    let pod = items(&json(&c, &["get", "pods", "-l", "job-name=fatal"]));
+    assert_eq!(pod.len(), 1, "no retry after a FailJob rule matched: {pod:?}");
+    let pod_name = pod[0]["metadata"]["name"].as_str().unwrap_or_default();
+    assert_eq!(failed["reason"], "PodFailurePolicy", "{}", fatal["status"]);
+    assert_eq!(failed["message"].as_str().unwrap_or_default(), format!("Container c for pod default/{pod_name} failed with exit code 42 matching FailJob rule at index 0"));
+    assert_eq!(fatal["status"]["failed"].as_i64(), Some(1), "{}", fatal["status"]);
+
+    // backoffLimit 0, yet two failures: they matched the Ignore rule and were not counted.
+    wait_job(&c, "complete", "tolerant", 40);
+    let tolerant = json(&c, &["get", "job", "tolerant"]);
+    assert_eq!((tolerant["status"]["succeeded"].as_i64(), tolerant["status"]["failed"].as_i64().unwrap_or(0)), (Some(1), 0), "{}", tolerant["status"]);
+    assert_eq!(tolerant_failures.load(Ordering::SeqCst), 3);
+    let pods = items(&json(&c, &["get", "pods", "-l", "job-name=tolerant"]));
+    assert_eq!(pods.iter().filter(|p| phase(p) == "Failed").count(), 2, "{pods:?}");
 }
 
 /// Runs the Job, CronJob and garbage collector controllers in this process, the CronJob

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use futures::future::join_all;
-use k8s_openapi::api::batch::v1::{Job, JobCondition, JobSpec, JobStatus, UncountedTerminatedPods};
+use k8s_openapi::api::batch::v1::{Job, JobCondition, JobSpec, JobStatus, PodFailurePolicy, UncountedTerminatedPods};
 use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -206,6 +206,46 @@ pub fn plan_indexed<'a>(active: &[&'a Pod], completed: &BTreeSet<u32>, completio
 
 /// The restart count that `backoffLimit` bounds for restartPolicy OnFailure (upstream
 /// pastBackoffLimitOnFailure).
+/// The podFailurePolicy action and message for a pod that failed (or is being deleted, as
+/// with a DisruptionTarget condition after preemption or eviction).
+fn policy_action(spec: &JobSpec, p: &Pod) -> Option<(String, String)> {
+    let failed = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed") || p.metadata.deletion_timestamp.is_some();
+    spec.pod_failure_policy.as_ref().filter(|_| failed).and_then(|policy| match_failure_policy(policy, p))
+}
+
+/// The podFailurePolicy rule a failed pod matches (upstream's matchPodFailurePolicy): the first
+/// rule whose onExitCodes matches a container (init containers after app containers) that
+/// terminated with a non-zero code, or whose onPodConditions matches one of the pod's
+/// conditions. Returns the rule's action and, for FailJob, the Job's Failed message.
+pub fn match_failure_policy(policy: &PodFailurePolicy, pod: &Pod) -> Option<(String, String)> {
+    let status = pod.status.as_ref()?;
+    let (ns, name) = (pod.metadata.namespace.as_deref().unwrap_or(""), pod.metadata.name.as_deref().unwrap_or(""));
+    let containers = status.container_statuses.iter().flatten().chain(status.init_container_statuses.iter().flatten());
+    let exits: Vec<(&str, i32)> = containers.filter_map(|c| c.state.as_ref()?.terminated.as_ref().map(|t| (c.name.as_str(), t.exit_code))).filter(|(_, code)| *code != 0).collect();
+    for (i, rule) in policy.rules.iter().enumerate() {
+        if let Some(req) = &rule.on_exit_codes {
+            let hit = exits.iter().find(|(c, code)| {
+                req.container_name.as_deref().is_none_or(|want| want == *c)
+                    && match req.operator.as_str() {
+                        "In" => req.values.contains(code),
+                        "NotIn" => !req.values.contains(code),
+                        _ => false,
+                    }
+            });
+            if let Some((c, code)) = hit {
+                return Some((rule.action.clone(), format!("Container {c} for pod {ns}/{name} failed with exit code {code} matching {} rule at index {i}", rule.action)));
+            }
+        }
+        for pattern in rule.on_pod_conditions.iter().flatten() {
+            let want = if pattern.status.is_empty() { "True" } else { pattern.status.as_str() };
+            if status.conditions.iter().flatten().any(|c| c.type_ == pattern.type_ && c.status == want) {
+                return Some((rule.action.clone(), format!("Pod {ns}/{name} has condition {} matching {} rule at index {i}", pattern.type_, rule.action)));
+            }
+        }
+    }
+    None
+}
+
 fn past_backoff_limit_on_failure(spec: &JobSpec, pods: &[&Pod]) -> bool {
     if spec.template.spec.as_ref().and_then(|s| s.restart_policy.as_deref()) != Some("OnFailure") {
         return false;
@@ -305,7 +345,10 @@ async fn sync(job: &Job, client: &Client) -> anyhow::Result<Action> {
     let indexed = spec.completion_mode.as_deref() == Some("Indexed");
     let completions = spec.completions.unwrap_or(0).max(0) as u32;
     let mut completed = parse_indexes(old.completed_indexes.as_deref().unwrap_or(""), completions);
-    let mut indexed_done: Vec<&Pod> = Vec::new();
+    let mut let_go: Vec<&Pod> = Vec::new();
+    // podFailurePolicy: failures an Ignore rule matches are not counted (their pods are let go
+    // like indexed successes); a FailJob rule fails the Job.
+    let mut fail_job: Option<String> = None;
     for p in pods.iter().filter(|p| has_finalizer(p)) {
         let puid = p.metadata.uid.clone().unwrap_or_default();
         match pod_state(p) {
@@ -313,13 +356,22 @@ async fn sync(job: &Job, client: &Client) -> anyhow::Result<Action> {
                 if let Some(ix) = completion_index(p).filter(|i| *i < completions) {
                     completed.insert(ix);
                 }
-                indexed_done.push(p);
+                let_go.push(p);
             }
             PodState::Succeeded if !unc_f.contains(&puid) => {
                 unc_s.insert(puid);
             }
-            PodState::Failed if !unc_s.contains(&puid) => {
-                unc_f.insert(puid);
+            PodState::Failed if !unc_s.contains(&puid) && !unc_f.contains(&puid) => {
+                match policy_action(spec, p) {
+                    Some((action, _)) if action == "Ignore" => let_go.push(p),
+                    Some((action, message)) if action == "FailJob" => {
+                        fail_job.get_or_insert(message);
+                        unc_f.insert(puid);
+                    }
+                    _ => {
+                        unc_f.insert(puid);
+                    }
+                }
             }
             _ => {}
         }
@@ -345,7 +397,9 @@ async fn sync(job: &Job, client: &Client) -> anyhow::Result<Action> {
     };
     let mut target = Target::from_status(&status);
     if target.is_none() {
-        if failed > backoff_limit || past_backoff_limit_on_failure(spec, &active) {
+        if let Some(message) = fail_job {
+            target = Some(Target::failure("PodFailurePolicy", &message));
+        } else if failed > backoff_limit || past_backoff_limit_on_failure(spec, &active) {
             target = Some(Target::failure("BackoffLimitExceeded", "Job has reached the specified backoff limit"));
         } else if deadline.is_some_and(|d| now.as_second() >= d) {
             target = Some(Target::failure("DeadlineExceeded", "Job was active longer than specified deadline"));
@@ -409,7 +463,9 @@ async fn sync(job: &Job, client: &Client) -> anyhow::Result<Action> {
             }
         }
     } else if !to_create.is_empty() {
-        let wait = backoff_remaining(&pods, now);
+        // Failures an Ignore rule matched do not delay replacements either.
+        let counted: Vec<Pod> = pods.iter().filter(|p| pod_state(p) != PodState::Failed || policy_action(spec, p).is_none_or(|(a, _)| a != "Ignore")).cloned().collect();
+        let wait = backoff_remaining(&counted, now);
         if wait > 0 {
             requeue = Some(requeue.map_or(wait, |r| r.min(wait)));
         } else {
@@ -446,7 +502,7 @@ async fn sync(job: &Job, client: &Client) -> anyhow::Result<Action> {
     let mut retry = false;
     let mut released: BTreeSet<String> = BTreeSet::new();
     let listed_uids: BTreeMap<String, &Pod> = pods.iter().map(|p| (p.metadata.uid.clone().unwrap_or_default(), p)).collect();
-    for p in indexed_done {
+    for p in let_go {
         retry |= !remove_finalizer(&pods_api, p).await;
     }
     for uid in unc_s.iter().chain(unc_f.iter()) {
@@ -630,6 +686,32 @@ mod tests {
                 ..Default::default()
             }),
         }
+    }
+
+    #[test]
+    fn failure_policy_rules_match_exit_codes_and_conditions_in_order() {
+        let policy: PodFailurePolicy = serde_json::from_value(json!({"rules": [
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+            {"action": "FailJob", "onExitCodes": {"containerName": "main", "operator": "In", "values": [42]}},
+            {"action": "Count", "onExitCodes": {"operator": "NotIn", "values": [1, 2]}}
+        ]}))
+        .expect("policy");
+        let pod = |statuses: serde_json::Value, conditions: serde_json::Value| -> Pod {
+            serde_json::from_value(json!({"metadata": {"name": "p", "namespace": "d"}, "status": {"phase": "Failed", "containerStatuses": statuses, "conditions": conditions}})).expect("pod")
+        };
+        let exited = |name: &str, code: i32| json!({"name": name, "image": "x", "imageID": "", "ready": false, "restartCount": 0, "state": {"terminated": {"exitCode": code}}});
+        let m = |p: &Pod| match_failure_policy(&policy, p);
+        assert_eq!(m(&pod(json!([exited("main", 42)]), json!([]))), Some(("FailJob".into(), "Container main for pod d/p failed with exit code 42 matching FailJob rule at index 1".into())));
+        // The first matching rule wins: the condition rule comes before the exit codes.
+        assert_eq!(m(&pod(json!([exited("main", 42)]), json!([{"type": "DisruptionTarget", "status": "True"}]))).map(|r| r.0), Some("Ignore".into()));
+        assert_eq!(m(&pod(json!([]), json!([{"type": "DisruptionTarget", "status": "True"}]))).map(|r| r.1), Some("Pod d/p has condition DisruptionTarget matching Ignore rule at index 0".into()));
+        // A condition with another status does not match.
+        assert_eq!(m(&pod(json!([]), json!([{"type": "DisruptionTarget", "status": "False"}]))), None);
+        // Another container's 42: not the FailJob rule (it names main), but NotIn [1, 2] counts it.
+        assert_eq!(m(&pod(json!([exited("side", 42)]), json!([]))).map(|r| r.0), Some("Count".into()));
+        // Exit code 1 matches nothing; exit code 0 is never considered.
+        assert_eq!(m(&pod(json!([exited("main", 1)]), json!([]))), None);
+        assert_eq!(m(&pod(json!([exited("main", 0)]), json!([]))), None);
     }
 
     #[test]
