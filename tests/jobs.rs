@@ -17,8 +17,6 @@ use std::time::{Duration, Instant};
 use common::{eventually, Hollow, Cluster};
 use serde_json::Value;
 
-/// A runtime running hollow nodes in the background (dropped with the test).
-
 /// A thread standing in for kubelets: every 300 ms, `decide(pod)` may name a status to patch.
 struct FakeKubelet(Arc<AtomicBool>);
 

@@ -205,7 +205,9 @@ fn labels_for(svc: &Service) -> BTreeMap<String, String> {
 /// sorted by IP.
 pub fn desired_subsets(svc: &Service, pods: &[Pod]) -> Vec<EndpointSubset> {
     let svc_name = svc.name_any();
-    let mut groups: BTreeMap<String, (Vec<EndpointPort>, Vec<EndpointAddress>, Vec<EndpointAddress>)> = BTreeMap::new();
+    /// Per port set: the ports, the ready addresses, the not-ready ones.
+    type Subset = (Vec<EndpointPort>, Vec<EndpointAddress>, Vec<EndpointAddress>);
+    let mut groups: BTreeMap<String, Subset> = BTreeMap::new();
     for pod in pods {
         let Some(ip) = pod_ip(pod) else { continue };
         if pod.metadata.deletion_timestamp.is_some() || terminal(pod) {

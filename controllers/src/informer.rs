@@ -125,6 +125,9 @@ where
 }
 
 /// The informers of one controller-manager term.
+/// A watch task to spawn.
+pub type Watch = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 pub struct Informers {
     pub pods: Arc<Informer<k8s_openapi::api::core::v1::Pod>>,
     pub nodes: Arc<Informer<k8s_openapi::api::core::v1::Node>>,
@@ -132,7 +135,7 @@ pub struct Informers {
 
 impl Informers {
     /// The informers, and the futures that run their watches.
-    pub fn new(client: &kube::Client) -> (Informers, Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>) {
+    pub fn new(client: &kube::Client) -> (Informers, Vec<Watch>) {
         let (pods, pods_run) = Informer::new(Api::all(client.clone()), watcher::Config::default());
         let (nodes, nodes_run) = Informer::new(Api::all(client.clone()), watcher::Config::default());
         (Informers { pods, nodes }, vec![Box::pin(pods_run), Box::pin(nodes_run)])
