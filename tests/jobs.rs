@@ -313,7 +313,7 @@ fn failed_pods_back_off_until_the_limit_and_deadlines_end_jobs() {
 }
 
 #[test]
-fn pod_failure_policy_fails_the_job_at_once_or_ignores_failures() {
+fn pod_failure_and_success_policies_end_jobs_early_or_ignore_failures() {
     let c = Cluster::up(3, &[]);
     c.wait_api();
     let node = "apiVersion: v1\nkind: Node\nmetadata:\n  name: policynode\n  labels: {policy: \"yes\"}\nstatus:\n  allocatable: {cpu: \"4\", memory: 8Gi, pods: \"110\"}\n  capacity: {cpu: \"4\", memory: 8Gi, pods: \"110\"}\n  conditions: [{type: Ready, status: \"True\"}]\n";
@@ -334,6 +334,8 @@ fn pod_failure_policy_fails_the_job_at_once_or_ignores_failures() {
             Some("fatal") => Some(exit(42)),
             Some("tolerant") if seen.fetch_add(1, Ordering::SeqCst) < 2 => Some(exit(3)),
             Some("tolerant") => Some(finished_status(true)),
+            // Index 0 of "leader" succeeds; the other indexes never finish.
+            Some("leader") if p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] == "0" => Some(finished_status(true)),
             _ => None,
         }
     });
@@ -341,6 +343,8 @@ fn pod_failure_policy_fails_the_job_at_once_or_ignores_failures() {
     let policy = |action: &str, code: i64| format!("  podFailurePolicy:\n    rules:\n    - action: {action}\n      onExitCodes: {{containerName: c, operator: In, values: [{code}]}}\n");
     c.kubectl_ok(&["create", "-f", &c.file("fatal.yaml", &job_yaml("fatal", &format!("  backoffLimit: 6\n{}", policy("FailJob", 42)), pin))]);
     c.kubectl_ok(&["create", "-f", &c.file("tolerant.yaml", &job_yaml("tolerant", &format!("  backoffLimit: 0\n{}", policy("Ignore", 3)), pin))]);
+    let leader = "  completionMode: Indexed\n  completions: 3\n  parallelism: 3\n  successPolicy:\n    rules:\n    - succeededIndexes: \"0\"\n";
+    c.kubectl_ok(&["create", "-f", &c.file("leader.yaml", &job_yaml("leader", leader, pin))]);
 
     wait_job(&c, "failed", "fatal", 40);
     let fatal = json(&c, &["get", "job", "fatal"]);
@@ -359,6 +363,19 @@ fn pod_failure_policy_fails_the_job_at_once_or_ignores_failures() {
     assert_eq!(tolerant_failures.load(Ordering::SeqCst), 3);
     let pods = items(&json(&c, &["get", "pods", "-l", "job-name=tolerant"]));
     assert_eq!(pods.iter().filter(|p| phase(p) == "Failed").count(), 2, "{pods:?}");
+
+    // successPolicy: index 0 alone completes the Job; the other indexes are stopped.
+    wait_job(&c, "complete", "leader", 40);
+    let leader = json(&c, &["get", "job", "leader"]);
+    let met = condition(&leader, "SuccessCriteriaMet").expect("SuccessCriteriaMet");
+    assert_eq!((met["reason"].as_str(), met["message"].as_str()), (Some("SuccessPolicy"), Some("Matched rules at index 0")), "{}", leader["status"]);
+    assert_eq!(condition(&leader, "Complete").expect("Complete")["reason"], "SuccessPolicy");
+    assert_eq!((leader["status"]["succeeded"].as_i64(), leader["status"]["completedIndexes"].as_str()), (Some(1), Some("0")), "{}", leader["status"]);
+    eventually("leader's other pods stopped", Duration::from_secs(20), || {
+        let pods = items(&json(&c, &["get", "pods", "-l", "job-name=leader"]));
+        let running = pods.iter().filter(|p| phase(p) != "Succeeded" && p["metadata"]["deletionTimestamp"].is_null()).count();
+        if running == 0 { Ok(()) } else { Err(format!("{running} still running")) }
+    });
 }
 
 /// Runs the Job, CronJob and garbage collector controllers in this process, the CronJob

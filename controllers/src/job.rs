@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use futures::future::join_all;
-use k8s_openapi::api::batch::v1::{Job, JobCondition, JobSpec, JobStatus, PodFailurePolicy, UncountedTerminatedPods};
+use k8s_openapi::api::batch::v1::{Job, JobCondition, JobSpec, JobStatus, PodFailurePolicy, SuccessPolicy, UncountedTerminatedPods};
 use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -206,6 +206,25 @@ pub fn plan_indexed<'a>(active: &[&'a Pod], completed: &BTreeSet<u32>, completio
 
 /// The restart count that `backoffLimit` bounds for restartPolicy OnFailure (upstream
 /// pastBackoffLimitOnFailure).
+/// The first successPolicy rule the completed indexes satisfy (Indexed Jobs): every index in
+/// succeededIndexes; at least succeededCount of them (or of all indexes without a list).
+pub fn success_rule(policy: &SuccessPolicy, completed: &BTreeSet<u32>, completions: u32) -> Option<usize> {
+    policy.rules.iter().position(|r| {
+        let count = r.succeeded_count.map(|c| c.max(0) as usize);
+        match r.succeeded_indexes.as_deref() {
+            Some(list) => {
+                let want = parse_indexes(list, completions);
+                let done = want.intersection(completed).count();
+                match count {
+                    Some(c) => done >= c,
+                    None => !want.is_empty() && done == want.len(),
+                }
+            }
+            None => count.is_some_and(|c| completed.len() >= c),
+        }
+    })
+}
+
 /// The podFailurePolicy action and message for a pod that failed (or is being deleted, as
 /// with a DisruptionTarget condition after preemption or eviction).
 fn policy_action(spec: &JobSpec, p: &Pod) -> Option<(String, String)> {
@@ -403,6 +422,8 @@ async fn sync(job: &Job, client: &Client) -> anyhow::Result<Action> {
             target = Some(Target::failure("BackoffLimitExceeded", "Job has reached the specified backoff limit"));
         } else if deadline.is_some_and(|d| now.as_second() >= d) {
             target = Some(Target::failure("DeadlineExceeded", "Job was active longer than specified deadline"));
+        } else if let Some(i) = spec.success_policy.as_ref().filter(|_| indexed).and_then(|sp| success_rule(sp, &completed, completions)) {
+            target = Some(Target { type_: "SuccessCriteriaMet", reason: "SuccessPolicy".into(), message: format!("Matched rules at index {i}") });
         } else if match spec.completions {
             Some(c) => succeeded >= i64::from(c),
             None => succeeded > 0 && active.is_empty(),
@@ -712,6 +733,22 @@ mod tests {
         // Exit code 1 matches nothing; exit code 0 is never considered.
         assert_eq!(m(&pod(json!([exited("main", 1)]), json!([]))), None);
         assert_eq!(m(&pod(json!([exited("main", 0)]), json!([]))), None);
+    }
+
+    #[test]
+    fn success_policy_rules_by_indexes_and_count() {
+        let policy: SuccessPolicy = serde_json::from_value(json!({"rules": [
+            {"succeededIndexes": "0,2-3"},
+            {"succeededIndexes": "4-9", "succeededCount": 2},
+            {"succeededCount": 5}
+        ]}))
+        .expect("policy");
+        let done = |ix: &[u32]| ix.iter().copied().collect::<BTreeSet<u32>>();
+        assert_eq!(success_rule(&policy, &done(&[0, 2]), 10), None);
+        assert_eq!(success_rule(&policy, &done(&[0, 2, 3]), 10), Some(0));
+        assert_eq!(success_rule(&policy, &done(&[1, 4]), 10), None);
+        assert_eq!(success_rule(&policy, &done(&[1, 4, 9]), 10), Some(1));
+        assert_eq!(success_rule(&policy, &done(&[0, 1, 2, 4, 10]), 12), Some(2));
     }
 
     #[test]
