@@ -35,6 +35,62 @@ pub struct Informer<K: Resource<DynamicType = ()> + 'static> {
     tx: broadcast::Sender<(Arc<K>, bool)>,
     /// True once the first list is in the store.
     ready: tokio::sync::watch::Receiver<bool>,
+    /// The last BUFFER deletions, replayed to a subscriber that fell behind (the cache no
+    /// longer shows what was deleted while it lagged).
+    recent_deletions: Arc<std::sync::Mutex<std::collections::VecDeque<Arc<K>>>>,
+}
+
+/// The writing side of an informer: applies watch events to the cache, then announces them.
+struct Feed<K: Resource<DynamicType = ()> + Clone + 'static> {
+    writer: reflector::store::Writer<K>,
+    store: Store<K>,
+    tx: broadcast::Sender<(Arc<K>, bool)>,
+    ready: tokio::sync::watch::Sender<bool>,
+    recent_deletions: Arc<std::sync::Mutex<std::collections::VecDeque<Arc<K>>>>,
+}
+
+impl<K> Feed<K>
+where
+    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
+{
+    fn deleted(&self, o: Arc<K>) {
+        {
+            let mut recent = self.recent_deletions.lock().unwrap_or_else(|p| p.into_inner());
+            if recent.len() == BUFFER {
+                recent.pop_front();
+            }
+            recent.push_back(o.clone());
+        }
+        let _ = self.tx.send((o, true));
+    }
+
+    fn apply(&mut self, ev: watcher::Event<K>) {
+        // A relist replaces the cache on InitDone: what it drops was deleted while the watch
+        // was away, and is announced as deleted.
+        let before = matches!(ev, watcher::Event::InitDone).then(|| self.store.state());
+        self.writer.apply_watcher_event(&ev);
+        match ev {
+            watcher::Event::Apply(o) => {
+                if let Some(cur) = self.store.get(&ObjectRef::from_obj(&o)) {
+                    let _ = self.tx.send((cur, false));
+                }
+            }
+            watcher::Event::Delete(o) => self.deleted(Arc::new(o)),
+            watcher::Event::InitDone => {
+                self.ready.send_replace(true);
+                for o in before.into_iter().flatten() {
+                    if self.store.get(&ObjectRef::from_obj(&*o)).is_none() {
+                        self.deleted(o);
+                    }
+                }
+                // A (re)list: everything may have changed.
+                for o in self.store.state() {
+                    let _ = self.tx.send((o, false));
+                }
+            }
+            watcher::Event::Init | watcher::Event::InitApply(_) => {}
+        }
+    }
 }
 
 impl<K> Informer<K>
@@ -43,43 +99,27 @@ where
 {
     /// The informer, and the future that runs its watch (poll it for as long as it is used).
     pub fn new(api: Api<K>, cfg: watcher::Config) -> (Arc<Informer<K>>, impl std::future::Future<Output = ()> + Send + 'static) {
-        let (store, mut writer) = reflector::store::<K>();
-        let (tx, _) = broadcast::channel(BUFFER);
-        let (ready_tx, ready) = tokio::sync::watch::channel(false);
-        let informer = Arc::new(Informer { store: store.clone(), tx: tx.clone(), ready });
+        let (informer, mut feed) = Informer::parts();
         let events = watcher::watcher(api, cfg).default_backoff().modify(|o| o.meta_mut().managed_fields = None);
         let run = async move {
             let mut events = std::pin::pin!(events);
             while let Some(ev) = events.next().await {
-                let ev = match ev {
-                    Ok(ev) => ev,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "shared watch failed; retrying");
-                        continue;
-                    }
-                };
-                writer.apply_watcher_event(&ev);
                 match ev {
-                    watcher::Event::Apply(o) => {
-                        if let Some(cur) = store.get(&ObjectRef::from_obj(&o)) {
-                            let _ = tx.send((cur, false));
-                        }
-                    }
-                    watcher::Event::Delete(o) => {
-                        let _ = tx.send((Arc::new(o), true));
-                    }
-                    watcher::Event::InitDone => {
-                        ready_tx.send_replace(true);
-                        // A (re)list: everything may have changed.
-                        for o in store.state() {
-                            let _ = tx.send((o, false));
-                        }
-                    }
-                    watcher::Event::Init | watcher::Event::InitApply(_) => {}
+                    Ok(ev) => feed.apply(ev),
+                    Err(e) => tracing::debug!(error = %e, "shared watch failed; retrying"),
                 }
             }
         };
         (informer, run)
+    }
+
+    fn parts() -> (Arc<Informer<K>>, Feed<K>) {
+        let (store, writer) = reflector::store::<K>();
+        let (tx, _) = broadcast::channel(BUFFER);
+        let (ready_tx, ready) = tokio::sync::watch::channel(false);
+        let recent_deletions = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
+        let informer = Arc::new(Informer { store: store.clone(), tx: tx.clone(), ready, recent_deletions: recent_deletions.clone() });
+        (informer, Feed { writer, store, tx, ready: ready_tx, recent_deletions })
     }
 
     /// The cache (shared; filled once the first list completes, see [`Informer::wait_ready`]).
@@ -110,6 +150,7 @@ where
 
     fn changes(&self, deletions: bool) -> impl Stream<Item = Arc<K>> + Send + 'static {
         let store = self.store.clone();
+        let recent = self.recent_deletions.clone();
         // Subscribed before looking at the flag: if the first list is not in yet, its
         // announcement comes through the channel; if it is, the cache is replayed here.
         let rx = self.tx.subscribe();
@@ -118,7 +159,11 @@ where
             Ok((o, deleted)) => stream::iter(if deleted && !deletions { vec![] } else { vec![o] }),
             Err(BroadcastStreamRecvError::Lagged(n)) => {
                 tracing::debug!(missed = n, "shared informer subscriber fell behind; resyncing it");
-                stream::iter(store.state())
+                let mut all = store.state();
+                if deletions {
+                    all.extend(recent.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned());
+                }
+                stream::iter(all)
             }
         }))
     }
@@ -167,7 +212,7 @@ mod tests {
         let (tx, _) = broadcast::channel(16);
         let (_ready_tx, ready) = tokio::sync::watch::channel(true);
         writer.apply_watcher_event(&watcher::Event::Apply(pod("old")));
-        let inf = Informer { store: store.clone(), tx: tx.clone(), ready };
+        let inf = Informer { store: store.clone(), tx: tx.clone(), ready, recent_deletions: Default::default() };
         let mut sub = Box::pin(inf.subscribe_applied());
         let _ = tx.send((Arc::new(pod("gone")), true));
         let _ = tx.send((Arc::new(pod("new")), false));
@@ -180,7 +225,7 @@ mod tests {
         let (store, mut writer) = reflector::store::<Pod>();
         let (tx, _) = broadcast::channel(2);
         let (_ready_tx, ready) = tokio::sync::watch::channel(true);
-        let inf = Informer { store: store.clone(), tx: tx.clone(), ready };
+        let inf = Informer { store: store.clone(), tx: tx.clone(), ready, recent_deletions: Default::default() };
         let mut sub = Box::pin(inf.subscribe());
         for i in 0..5 {
             let p = pod(&format!("p{i}"));
@@ -196,5 +241,51 @@ mod tests {
         first.sort();
         assert_eq!(first, vec!["p0", "p1", "p2", "p3", "p4"]);
         assert_eq!(&names[5..], &["p3".to_string(), "p4".to_string()]);
+    }
+
+    fn name(p: &Arc<Pod>) -> String {
+        p.metadata.name.clone().unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn a_relist_announces_what_it_dropped_as_deleted() {
+        let (inf, mut feed) = Informer::<Pod>::parts();
+        for ev in [watcher::Event::Init, watcher::Event::InitApply(pod("a")), watcher::Event::InitApply(pod("b")), watcher::Event::InitDone] {
+            feed.apply(ev);
+        }
+        let mut sub = Box::pin(inf.subscribe());
+        let mut applied = Box::pin(inf.subscribe_applied());
+        let mut first: Vec<String> = vec![name(&sub.next().await.expect("a")), name(&sub.next().await.expect("b"))];
+        first.sort();
+        assert_eq!(first, ["a", "b"]);
+        // The watch comes back after "b" was deleted: the relist no longer has it.
+        for ev in [watcher::Event::Init, watcher::Event::InitApply(pod("a")), watcher::Event::InitDone] {
+            feed.apply(ev);
+        }
+        assert_eq!(name(&sub.next().await.expect("deleted b")), "b", "announced as deleted");
+        assert_eq!(name(&sub.next().await.expect("a again")), "a");
+        // Subscribers of applied objects only see what exists.
+        let seen: Vec<String> = vec![name(&applied.next().await.expect("1")), name(&applied.next().await.expect("2")), name(&applied.next().await.expect("3"))];
+        assert!(!seen[2..].contains(&"b".to_string()), "{seen:?}");
+    }
+
+    #[tokio::test]
+    async fn a_lagging_subscriber_also_gets_the_deletions_it_missed() {
+        let (inf, mut feed) = Informer::<Pod>::parts();
+        feed.apply(watcher::Event::Init);
+        feed.apply(watcher::Event::InitDone);
+        let mut sub = Box::pin(inf.subscribe());
+        feed.apply(watcher::Event::Apply(pod("gone")));
+        feed.apply(watcher::Event::Delete(pod("gone")));
+        for i in 0..BUFFER {
+            feed.apply(watcher::Event::Apply(pod(&format!("p{}", i % 3))));
+        }
+        // Far behind: the cache (p0..p2) and the recent deletion, before what is still buffered.
+        let mut resync = Vec::new();
+        for _ in 0..4 {
+            resync.push(name(&sub.next().await.expect("item")));
+        }
+        resync.sort();
+        assert_eq!(resync, ["gone", "p0", "p1", "p2"]);
     }
 }
