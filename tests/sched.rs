@@ -232,6 +232,40 @@ async fn writes_fenced_as_the_old_holder_get_409_after_the_lease_moves() {
     assert!(!c.kubectl(&["get", "configmap", "after-move"]).status.success());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_takes_its_lease_back_from_another_holder_starts_a_new_term() {
+    let c = Cluster::up(3, common::NO_CONTROLLERS);
+    c.wait_api();
+    let cfg = config(&c).await;
+    let mut e = ElectionConfig::new("kube-system", "epoch-test", "one");
+    e.lease_duration = Duration::from_secs(3);
+    e.renew_deadline = Duration::from_secs(2);
+    e.retry_period = Duration::from_millis(300);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
+    let elected = tokio::spawn(sched::run_elected(cfg, e, move |_client, mut lost| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send("term started");
+            let _ = lost.wait_for(|l| *l).await;
+            let _ = tx.send("term ended");
+            Ok(())
+        }
+    }));
+    async fn next(rx: &mut tokio::sync::mpsc::UnboundedReceiver<&'static str>) -> Option<&'static str> {
+        tokio::time::timeout(Duration::from_secs(30), rx.recv()).await.ok().flatten()
+    }
+    assert_eq!(next(&mut rx).await, Some("term started"));
+    // Another holder had the Lease in between, and it has expired again by the time our next
+    // renewal reads it (our renewals never saw it valid): the renewal takes it back, which
+    // must not continue the old term.
+    c.kubectl_ok(&["patch", "lease", "-n", "kube-system", "epoch-test", "--type", "merge", "-p", r#"{"spec":{"holderIdentity":"two","renewTime":"2020-01-01T00:00:00.000000Z","leaseDurationSeconds":1}}"#]);
+    assert_eq!(next(&mut rx).await, Some("term ended"));
+    assert_eq!(next(&mut rx).await, Some("term started"));
+    let holder = c.kubectl_ok(&["get", "lease", "-n", "kube-system", "epoch-test", "-o", "jsonpath={.spec.holderIdentity}/{.spec.leaseTransitions}"]);
+    assert!(holder.starts_with("one/"), "{holder}");
+    elected.abort();
+}
+
 /// Nodes of `c` (name, zone) with zone labels.
 fn zoned_nodes(c: &Cluster, nodes: &[(&str, &str)]) {
     for (n, z) in nodes {

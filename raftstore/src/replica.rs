@@ -764,7 +764,10 @@ impl Replica {
             self.writes.send((cmd, tx)).await.map_err(|_| StoreError::Stopped)?;
             rx.await.map_err(|_| StoreError::Stopped)??
         };
-        if r.revision > self.current_revision() && !self.sm.wait_revision(r.revision, self.cfg.request_timeout).await {
+        // The published applied revision, not the store's: the store advances entry by entry
+        // inside an apply batch, while watchers (and the API server's RBAC cache) hear of the
+        // batch only when it is published.
+        if !self.sm.wait_revision(r.revision, self.cfg.request_timeout).await {
             // The write is committed: failing it now would invite a duplicate retry.
             tracing::warn!(revision = r.revision, applied = self.current_revision(), "write acknowledged before this replica applied it (apply lagging)");
         }

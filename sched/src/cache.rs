@@ -214,6 +214,11 @@ impl Cache {
         }
     }
 
+    /// How many pods are counted on nodes.
+    pub fn pod_count(&self) -> usize {
+        self.counted.len()
+    }
+
     /// Counted pods of namespace `ns` labelled `k=v`.
     pub fn labelled(&self, ns: &str, k: &str, v: &str) -> Option<&Labelled> {
         self.by_label.get(&(ns.to_string(), k.to_string(), v.to_string()))

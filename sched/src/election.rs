@@ -24,7 +24,8 @@ pub struct ElectionConfig {
     pub identity: String,
     /// How long a Lease stays valid after its last renewal.
     pub lease_duration: Duration,
-    /// How long the leader keeps trying to renew before it gives up leadership.
+    /// How long a renewal may take before the leader says so (it keeps leading until another
+    /// holder shows up; see `run_elected`).
     pub renew_deadline: Duration,
     /// Between acquire/renew attempts.
     pub retry_period: Duration,
@@ -66,9 +67,10 @@ impl Drop for AbortOnDrop {
 }
 
 /// Runs forever: campaigns for the lease; while this process holds it, runs
-/// `lead(fenced_client, lost)`. `lost` turns true when renewal has failed for longer than the
-/// renew deadline; `lead` then gets one retry period to stop before it is aborted. When `lead`
-/// returns or leadership is lost, it campaigns again.
+/// `lead(fenced_client, lost)`. `lost` turns true when a renewal finds another holder, or finds
+/// that another holder had the Lease in between (we took it back); `lead` then gets one retry
+/// period to stop before it is aborted. When `lead` returns or leadership is lost, it campaigns
+/// again.
 pub async fn run_elected<F, Fut>(config: kube::Config, election: ElectionConfig, lead: F) -> anyhow::Result<()>
 where
     F: Fn(kube::Client, watch::Receiver<bool>) -> Fut + Send + Sync + 'static,
@@ -82,8 +84,8 @@ where
         // Campaign.
         loop {
             match try_acquire_or_renew(&leases, &election).await {
-                Ok(true) => break,
-                Ok(false) => {}
+                Ok(Held::Acquired | Held::Renewed) => break,
+                Ok(Held::No) => {}
                 Err(e) => tracing::debug!(lease = %lock, error = %format!("{e:#}"), "acquiring the lease failed"),
             }
             tokio::time::sleep(jittered(election.retry_period)).await;
@@ -113,14 +115,18 @@ where
                     // Past the deadline, each attempt still gets a whole renew deadline.
                     let left = if overdue { election.renew_deadline } else { election.renew_deadline.saturating_sub(last_renew.elapsed()) };
                     match tokio::time::timeout(left.max(Duration::from_millis(1)), try_acquire_or_renew(&leases, &election)).await {
-                        Ok(Ok(true)) => {
+                        // We took the Lease back from another holder: it led in between, so
+                        // this term (its in-memory state, its queued writes) is over; a new
+                        // term starts from a fresh campaign.
+                        Ok(Ok(Held::Acquired)) => break true,
+                        Ok(Ok(Held::Renewed)) => {
                             if overdue {
                                 tracing::info!(lease = %lock, late_ms = last_renew.elapsed().as_millis() as u64, "lease renewed again; still the leader");
                                 overdue = false;
                             }
                             last_renew = Instant::now();
                         }
-                        Ok(Ok(false)) => {
+                        Ok(Ok(Held::No)) => {
                             // Someone else holds a valid lease: we are no longer the leader.
                             break true;
                         }
@@ -173,9 +179,19 @@ fn held_and_valid(spec: &LeaseSpec, now: Timestamp) -> bool {
     expiry >= now.as_millisecond()
 }
 
-/// One round of client-go's tryAcquireOrRenew. Ok(true): we hold the lease now.
-/// Ok(false): someone else holds it, or we lost a write race (409).
-async fn try_acquire_or_renew(leases: &Api<Lease>, e: &ElectionConfig) -> anyhow::Result<bool> {
+/// What one round of tryAcquireOrRenew found.
+#[derive(Debug, PartialEq, Eq)]
+enum Held {
+    /// We renewed a Lease we already held.
+    Renewed,
+    /// We took the Lease: it was new, free, expired, or another holder's and expired.
+    Acquired,
+    /// Someone else holds it, or we lost a write race (409).
+    No,
+}
+
+/// One round of client-go's tryAcquireOrRenew.
+async fn try_acquire_or_renew(leases: &Api<Lease>, e: &ElectionConfig) -> anyhow::Result<Held> {
     let now = now_micro();
     let duration_secs = i32::try_from(e.lease_duration.as_secs().max(1)).unwrap_or(i32::MAX);
     let current = leases.get_opt(&e.name).await.with_context(|| format!("reading lease {}/{}", e.namespace, e.name))?;
@@ -192,15 +208,15 @@ async fn try_acquire_or_renew(leases: &Api<Lease>, e: &ElectionConfig) -> anyhow
             }),
         };
         return match leases.create(&PostParams::default(), &lease).await {
-            Ok(_) => Ok(true),
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+            Ok(_) => Ok(Held::Acquired),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(Held::No),
             Err(err) => Err(err).with_context(|| format!("creating lease {}/{}", e.namespace, e.name)),
         };
     };
     let mut spec = lease.spec.take().unwrap_or_default();
     let ours = spec.holder_identity.as_deref() == Some(e.identity.as_str());
     if !ours && held_and_valid(&spec, now.0) {
-        return Ok(false);
+        return Ok(Held::No);
     }
     if !ours {
         spec.acquire_time = Some(now.clone());
@@ -212,8 +228,9 @@ async fn try_acquire_or_renew(leases: &Api<Lease>, e: &ElectionConfig) -> anyhow
     lease.spec = Some(spec);
     // `lease` keeps the resourceVersion we read: the replace is conditional on it.
     match leases.replace(&e.name, &PostParams::default(), &lease).await {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+        Ok(_) if ours => Ok(Held::Renewed),
+        Ok(_) => Ok(Held::Acquired),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(Held::No),
         Err(err) => Err(err).with_context(|| format!("updating lease {}/{}", e.namespace, e.name)),
     }
 }

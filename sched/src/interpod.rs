@@ -202,7 +202,9 @@ fn count_spread(constraints: &mut [SpreadConstraint], pod: &Pod, cache: &Cache, 
         let matching = |p: &Pod| pod_is_counted_for_spread(p) && p.metadata.namespace.as_deref() == Some(ns) && c.selector.as_ref().is_some_and(|s| selector_matches(s, pod_labels(p)));
         let rarest = c.selector.as_ref().and_then(|s| s.match_labels.as_ref()).and_then(|m| m.iter().min_by_key(|(k, v)| cache.labelled(ns, k, v).map_or(0, |l| l.len())));
         let mut counts: HashMap<String, i64> = HashMap::new();
-        match rarest.filter(|_| use_index) {
+        // The index pays (a node lookup per candidate) when it leaves out most pods.
+        let worth = |(k, v): &(&String, &String)| cache.labelled(ns, k, v).map_or(0, |l| l.len()) * 2 <= cache.pod_count();
+        match rarest.filter(|r| use_index && worth(r)) {
             Some((k, v)) => {
                 // The domain of each eligible node, then the matching pods on those nodes.
                 let mut domain_of: HashMap<&str, String> = HashMap::new();
