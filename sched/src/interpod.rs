@@ -200,12 +200,11 @@ fn count_spread(constraints: &mut [SpreadConstraint], pod: &Pod, cache: &Cache, 
             node_labels(node).get(&c.key).cloned()
         };
         let matching = |p: &Pod| pod_is_counted_for_spread(p) && p.metadata.namespace.as_deref() == Some(ns) && c.selector.as_ref().is_some_and(|s| selector_matches(s, pod_labels(p)));
-        let rarest = c.selector.as_ref().and_then(|s| s.match_labels.as_ref()).and_then(|m| m.iter().min_by_key(|(k, v)| cache.labelled(ns, k, v).map_or(0, |l| l.len())));
         let mut counts: HashMap<String, i64> = HashMap::new();
         // The index pays (a node lookup per candidate) when it leaves out most pods.
-        let worth = |(k, v): &(&String, &String)| cache.labelled(ns, k, v).map_or(0, |l| l.len()) * 2 <= cache.pod_count();
-        match rarest.filter(|r| use_index && worth(r)) {
-            Some((k, v)) => {
+        let rarest = c.selector.as_ref().and_then(|s| rarest_pair(cache, &[ns], s)).filter(|(_, _, n)| use_index && n * 2 <= cache.pod_count());
+        match rarest {
+            Some((k, v, _)) => {
                 // The domain of each eligible node, then the matching pods on those nodes.
                 let mut domain_of: HashMap<&str, String> = HashMap::new();
                 for (ni, ok) in cache.nodes.iter().zip(&keys_ok) {
@@ -244,13 +243,18 @@ fn candidates<'a>(cache: &'a Cache, t: &Term) -> Option<Vec<&'a (String, std::sy
     }
     // A missing labelSelector selects nothing.
     let Some(sel) = t.selector.as_ref() else { return Some(Vec::new()) };
-    let pairs = sel.match_labels.as_ref().filter(|m| !m.is_empty())?;
     let mut namespaces: Vec<&str> = t.namespaces.iter().map(String::as_str).collect();
     namespaces.sort_unstable();
     namespaces.dedup();
-    let size = |k: &str, v: &str| namespaces.iter().map(|ns| cache.labelled(ns, k, v).map_or(0, |m| m.len())).sum::<usize>();
-    let (k, v) = pairs.iter().min_by_key(|(k, v)| size(k, v))?;
+    let (k, v, _) = rarest_pair(cache, &namespaces, sel)?;
     Some(namespaces.iter().filter_map(|ns| cache.labelled(ns, k, v)).flat_map(|m| m.values()).collect())
+}
+
+/// The selector's matchLabels pair the fewest counted pods of `namespaces` carry, with that
+/// number; None without matchLabels.
+fn rarest_pair<'s>(cache: &Cache, namespaces: &[&str], sel: &'s LabelSelector) -> Option<(&'s str, &'s str, usize)> {
+    let size = |k: &str, v: &str| namespaces.iter().map(|ns| cache.labelled(ns, k, v).map_or(0, |m| m.len())).sum::<usize>();
+    sel.match_labels.iter().flatten().map(|(k, v)| (k.as_str(), v.as_str(), size(k, v))).min_by_key(|(_, _, n)| *n)
 }
 
 /// The inter-pod affinity counts of `prepare` from the label index; false (nothing counted)
@@ -515,7 +519,6 @@ mod tests {
         let mut c = cluster();
         let apps = ["a", "b", "c"];
         let nss = ["d", "e"];
-        let mut names = Vec::new();
         let mut any_existing = false;
         for round in 0..400 {
             let name = format!("p{}", rng.random_range(0..120));
@@ -540,7 +543,6 @@ mod tests {
                     let mut p = pod(&name, ns, labels, spec);
                     p.metadata.uid = Some(format!("u{name}"));
                     place(&mut c, p, node);
-                    names.push(name);
                 }
             }
             if round % 20 != 0 {

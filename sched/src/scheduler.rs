@@ -706,7 +706,7 @@ impl Scheduler {
         let pod = pod.clone();
         tokio::spawn(async move {
             for d in &displaced {
-                if let Err(e) = clear_nomination(&client, d).await {
+                if let Err(e) = set_nomination(&client, d, None).await {
                     tracing::debug!(pod = %key(d), error = %e, "clearing a nomination failed");
                 }
             }
@@ -787,19 +787,17 @@ impl Scheduler {
     }
 }
 
-/// Removes a pod's status.nominatedNodeName.
-async fn clear_nomination(client: &Client, pod: &Pod) -> Result<(), kube::Error> {
+/// Sets (or, with None, removes) a pod's status.nominatedNodeName.
+async fn set_nomination(client: &Client, pod: &Pod, node: Option<&str>) -> Result<(), kube::Error> {
     let (ns, name) = (pod.metadata.namespace.as_deref().unwrap_or(""), pod.metadata.name.as_deref().unwrap_or(""));
-    let patch = json!({"status": {"nominatedNodeName": null}});
+    let patch = json!({"status": {"nominatedNodeName": node}});
     Api::<Pod>::namespaced(client.clone(), ns).patch_status(name, &PatchParams::default(), &Patch::Merge(&patch)).await.map(|_| ())
 }
 
 /// Carries out a preemption: the preemptor's status.nominatedNodeName, then per victim a
 /// DisruptionTarget condition, its deletion and a Preempted event.
 async fn preempt_victims(client: &Client, pod: &Pod, c: &preempt::Candidate, events: Option<mpsc::Sender<EventReq>>) -> Result<(), kube::Error> {
-    let (ns, name) = (pod.metadata.namespace.as_deref().unwrap_or(""), pod.metadata.name.as_deref().unwrap_or(""));
-    let patch = json!({"status": {"nominatedNodeName": c.node}});
-    Api::<Pod>::namespaced(client.clone(), ns).patch_status(name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    set_nomination(client, pod, Some(&c.node)).await?;
     let scheduler = pod.spec.as_ref().and_then(|s| s.scheduler_name.clone()).unwrap_or_else(|| SCHEDULER_NAME.to_string());
     for v in &c.victims {
         let (vns, vname) = (v.metadata.namespace.as_deref().unwrap_or(""), v.metadata.name.as_deref().unwrap_or(""));
