@@ -264,14 +264,12 @@ fn failed_pods_back_off_until_the_limit_and_deadlines_end_jobs() {
     let c = Cluster::up(3, &[]);
     c.wait_api();
     // A Ready node only the failing pods may use; its "kubelet" fails every pod bound to it.
-    let node = "apiVersion: v1\nkind: Node\nmetadata:\n  name: failnode\n  labels: {fail: \"yes\"}\nspec:\n  taints: [{key: fail, value: \"yes\", effect: NoSchedule}]\nstatus:\n  allocatable: {cpu: \"4\", memory: 8Gi, pods: \"110\"}\n  capacity: {cpu: \"4\", memory: 8Gi, pods: \"110\"}\n  conditions: [{type: Ready, status: \"True\"}]\n";
-    c.kubectl_ok(&["create", "-f", &c.file("failnode.yaml", node)]);
+    fake_node(&c, "n1", "failnode");
     let _kubelet = FakeKubelet::start(&c, "failer", |p| {
         (p["spec"]["nodeName"] == "failnode" && !matches!(phase(p), "Succeeded" | "Failed")).then(|| finished_status(false))
     });
 
-    let pin = "      nodeSelector: {fail: \"yes\"}\n      tolerations: [{key: fail, operator: Equal, value: \"yes\", effect: NoSchedule}]\n";
-    c.kubectl_ok(&["create", "-f", &c.file("flaky.yaml", &job_yaml("flaky", "  backoffLimit: 1\n", pin))]);
+    c.kubectl_ok(&["create", "-f", &c.file("flaky.yaml", &job_yaml("flaky", "  backoffLimit: 1\n", &pinned("failnode")))]);
     // Deadline: pods that can never be scheduled, a 4 s deadline.
     let nowhere = "      nodeSelector: {nowhere: \"true\"}\n";
     c.kubectl_ok(&["create", "-f", &c.file("slow.yaml", &job_yaml("slow", "  parallelism: 2\n  completions: 4\n  activeDeadlineSeconds: 4\n", nowhere))]);
@@ -316,8 +314,7 @@ fn failed_pods_back_off_until_the_limit_and_deadlines_end_jobs() {
 fn pod_failure_and_success_policies_end_jobs_early_or_ignore_failures() {
     let c = Cluster::up(3, &[]);
     c.wait_api();
-    let node = "apiVersion: v1\nkind: Node\nmetadata:\n  name: policynode\n  labels: {policy: \"yes\"}\nstatus:\n  allocatable: {cpu: \"4\", memory: 8Gi, pods: \"110\"}\n  capacity: {cpu: \"4\", memory: 8Gi, pods: \"110\"}\n  conditions: [{type: Ready, status: \"True\"}]\n";
-    c.kubectl_ok(&["create", "-f", &c.file("policynode.yaml", node)]);
+    fake_node(&c, "n1", "policynode");
     // Pods of "fatal" exit 42; the first two pods of "tolerant" exit 3, later ones succeed.
     let tolerant_failures = Arc::new(AtomicUsize::new(0));
     let seen = tolerant_failures.clone();
@@ -339,12 +336,12 @@ fn pod_failure_and_success_policies_end_jobs_early_or_ignore_failures() {
             _ => None,
         }
     });
-    let pin = "      nodeSelector: {policy: \"yes\"}\n";
+    let pin = pinned("policynode");
     let policy = |action: &str, code: i64| format!("  podFailurePolicy:\n    rules:\n    - action: {action}\n      onExitCodes: {{containerName: c, operator: In, values: [{code}]}}\n");
-    c.kubectl_ok(&["create", "-f", &c.file("fatal.yaml", &job_yaml("fatal", &format!("  backoffLimit: 6\n{}", policy("FailJob", 42)), pin))]);
-    c.kubectl_ok(&["create", "-f", &c.file("tolerant.yaml", &job_yaml("tolerant", &format!("  backoffLimit: 0\n{}", policy("Ignore", 3)), pin))]);
+    c.kubectl_ok(&["create", "-f", &c.file("fatal.yaml", &job_yaml("fatal", &format!("  backoffLimit: 6\n{}", policy("FailJob", 42)), &pin))]);
+    c.kubectl_ok(&["create", "-f", &c.file("tolerant.yaml", &job_yaml("tolerant", &format!("  backoffLimit: 0\n{}", policy("Ignore", 3)), &pin))]);
     let leader = "  completionMode: Indexed\n  completions: 3\n  parallelism: 3\n  successPolicy:\n    rules:\n    - succeededIndexes: \"0\"\n";
-    c.kubectl_ok(&["create", "-f", &c.file("leader.yaml", &job_yaml("leader", leader, pin))]);
+    c.kubectl_ok(&["create", "-f", &c.file("leader.yaml", &job_yaml("leader", leader, &pin))]);
 
     wait_job(&c, "failed", "fatal", 40);
     let fatal = json(&c, &["get", "job", "fatal"]);

@@ -17,13 +17,19 @@ async fn config(c: &Cluster) -> kube::Config {
 }
 
 /// Short timings so that takeovers happen within seconds.
-fn fast(identity: &str) -> SchedulerOptions {
-    let mut o = SchedulerOptions::new(identity);
-    let mut e = ElectionConfig::new(&o.lease_namespace, &o.lease_name, identity);
+/// An election on Lease kube-system/NAME with short timings (3 s lease, 2 s renew deadline).
+fn fast_election(name: &str, identity: &str) -> ElectionConfig {
+    let mut e = ElectionConfig::new("kube-system", name, identity);
     e.lease_duration = Duration::from_secs(3);
     e.renew_deadline = Duration::from_secs(2);
     e.retry_period = Duration::from_millis(300);
-    o.election = Some(e);
+    e
+}
+
+fn fast(identity: &str) -> SchedulerOptions {
+    let mut o = SchedulerOptions::new(identity);
+    assert_eq!(o.lease_namespace, "kube-system");
+    o.election = Some(fast_election(&o.lease_name, identity));
     o
 }
 
@@ -201,10 +207,7 @@ async fn writes_fenced_as_the_old_holder_get_409_after_the_lease_moves() {
     let c = Cluster::up(3, common::NO_CONTROLLERS);
     c.wait_api();
     let cfg = config(&c).await;
-    let mut e = ElectionConfig::new("kube-system", "fence-test", "old");
-    e.lease_duration = Duration::from_secs(3);
-    e.renew_deadline = Duration::from_secs(2);
-    e.retry_period = Duration::from_millis(300);
+    let e = fast_election("fence-test", "old");
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let elected = tokio::spawn(sched::run_elected(cfg, e, move |client, mut lost| {
         let tx = tx.clone();
@@ -237,10 +240,7 @@ async fn a_leader_that_takes_its_lease_back_from_another_holder_starts_a_new_ter
     let c = Cluster::up(3, common::NO_CONTROLLERS);
     c.wait_api();
     let cfg = config(&c).await;
-    let mut e = ElectionConfig::new("kube-system", "epoch-test", "one");
-    e.lease_duration = Duration::from_secs(3);
-    e.renew_deadline = Duration::from_secs(2);
-    e.retry_period = Duration::from_millis(300);
+    let e = fast_election("epoch-test", "one");
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
     let elected = tokio::spawn(sched::run_elected(cfg, e, move |_client, mut lost| {
         let tx = tx.clone();
