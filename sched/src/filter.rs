@@ -71,24 +71,19 @@ impl Resources {
             .filter(|(_, v)| *v != 0)
     }
 
-    fn add_all(&mut self, b: &Resources) {
-        self.cpu += b.cpu;
-        self.memory += b.memory;
-        self.ephemeral_storage += b.ephemeral_storage;
-        self.pods += b.pods;
+    /// Adds `sign` (1 or -1) times every amount of `b`.
+    fn add_all_times(&mut self, b: &Resources, sign: i128) {
+        self.cpu += sign * b.cpu;
+        self.memory += sign * b.memory;
+        self.ephemeral_storage += sign * b.ephemeral_storage;
+        self.pods += sign * b.pods;
         for (k, v) in &b.other {
-            self.add(k, *v);
+            self.add(k, sign * *v);
         }
     }
 
-    fn sub_all(&mut self, b: &Resources) {
-        self.cpu -= b.cpu;
-        self.memory -= b.memory;
-        self.ephemeral_storage -= b.ephemeral_storage;
-        self.pods -= b.pods;
-        for (k, v) in &b.other {
-            self.add(k, -*v);
-        }
+    fn add_all(&mut self, b: &Resources) {
+        self.add_all_times(b, 1);
     }
 
     fn max_all(&mut self, b: &Resources) {
@@ -153,8 +148,8 @@ impl NodeUsage {
 
     /// Undoes `add_info` of the same PodInfo.
     pub fn remove_info(&mut self, p: &PodInfo) {
-        self.requested.sub_all(&p.requests);
-        self.nonzero.sub_all(&p.nonzero);
+        self.requested.add_all_times(&p.requests, -1);
+        self.nonzero.add_all_times(&p.nonzero, -1);
         self.pods -= 1;
         for port in &p.ports {
             if let Some(i) = self.ports.iter().position(|u| u == port) {
