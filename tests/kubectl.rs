@@ -940,18 +940,26 @@ fn fenced_writes_stop_when_the_lease_changes_hands() {
             .expect("curl");
         String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
     };
-    let lease = |holder: &str| c.file("l.yaml", &format!("apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {{name: ctl, namespace: kube-system}}\nspec: {{holderIdentity: {holder}, leaseDurationSeconds: 15}}\n"));
-    c.kubectl_ok(&["apply", "-f", &lease("a")]);
-    assert_eq!(post("kube-system/ctl=a", "by-a"), 201);
-    assert_eq!(post("kube-system/ctl=b", "by-b"), 409, "b does not hold the lease");
-    c.kubectl_ok(&["apply", "-f", &lease("b")]);
-    assert_eq!(post("kube-system/ctl=a", "by-a-late"), 409, "a lost the lease");
-    assert_eq!(post("kube-system/ctl=b", "by-b2"), 201);
-    assert_eq!(post("garbage", "x"), 400);
+    let lease = |holder: &str, transitions: i32| c.file("l.yaml", &format!("apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {{name: ctl, namespace: kube-system}}\nspec: {{holderIdentity: {holder}, leaseDurationSeconds: 15, leaseTransitions: {transitions}}}\n"));
+    c.kubectl_ok(&["apply", "-f", &lease("a", 0)]);
+    assert_eq!(post("kube-system/ctl=a@0", "by-a"), 201);
+    assert_eq!(post("kube-system/ctl=b@0", "by-b"), 409, "b does not hold the lease");
+    c.kubectl_ok(&["apply", "-f", &lease("b", 1)]);
+    assert_eq!(post("kube-system/ctl=a@0", "by-a-late"), 409, "a lost the lease");
+    assert_eq!(post("kube-system/ctl=b@1", "by-b2"), 201);
+    // a takes it back: its first term's writes stay refused, its second term's commit.
+    c.kubectl_ok(&["apply", "-f", &lease("a", 2)]);
+    assert_eq!(post("kube-system/ctl=a@0", "by-a-first-term"), 409, "a's first term is over");
+    assert_eq!(post("kube-system/ctl=a@2", "by-a-second-term"), 201);
+    for garbage in ["garbage", "kube-system/ctl=a", "kube-system/ctl=a@x", "kube-system/ctl=@2", "kube-system/ctl=a@-1"] {
+        assert_eq!(post(garbage, "x"), 400, "{garbage}");
+    }
     c.kubectl_ok(&["delete", "lease", "ctl", "-n", "kube-system"]);
-    assert_eq!(post("kube-system/ctl=b", "after-delete"), 409, "no lease, no holder");
+    assert_eq!(post("kube-system/ctl=a@2", "after-delete"), 409, "no lease, no holder");
     let names = c.kubectl_ok(&["get", "cm", "-o", "name"]);
-    assert!(names.contains("by-a") && names.contains("by-b2") && !names.contains("by-a-late") && !names.contains("configmap/by-b\n"), "{names}");
+    for (name, kept) in [("by-a", true), ("by-b", false), ("by-a-late", false), ("by-b2", true), ("by-a-first-term", false), ("by-a-second-term", true), ("after-delete", false)] {
+        assert_eq!(names.lines().any(|l| l == format!("configmap/{name}")), kept, "{name}: {names}");
+    }
 }
 
 #[test]

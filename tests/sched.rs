@@ -202,36 +202,74 @@ async fn one_of_two_schedulers_leads_and_the_other_takes_over_when_it_stops() {
     other.abort();
 }
 
+/// Terms of an election run in the background: each start hands out the term's fenced client.
+struct Terms {
+    rx: tokio::sync::mpsc::UnboundedReceiver<(&'static str, Option<kube::Client>)>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Terms {
+    fn run(cfg: kube::Config, e: ElectionConfig) -> Terms {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(sched::run_elected(cfg, e, move |client, mut lost| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(("term started", Some(client)));
+                let _ = lost.wait_for(|l| *l).await;
+                let _ = tx.send(("term ended", None));
+                Ok(())
+            }
+        }));
+        Terms { rx, task }
+    }
+
+    async fn next(&mut self) -> (Option<&'static str>, Option<kube::Client>) {
+        match tokio::time::timeout(Duration::from_secs(30), self.rx.recv()).await.ok().flatten() {
+            Some((what, client)) => (Some(what), client),
+            None => (None, None),
+        }
+    }
+
+    /// The next term's client, after the current term ended.
+    async fn next_term(&mut self) -> kube::Client {
+        assert_eq!(self.next().await.0, Some("term ended"));
+        let (what, client) = self.next().await;
+        assert_eq!(what, Some("term started"));
+        client.expect("a client")
+    }
+}
+
+impl Drop for Terms {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn config_map(name: &str) -> ConfigMap {
+    ConfigMap { metadata: kube::api::ObjectMeta { name: Some(name.into()), ..Default::default() }, ..Default::default() }
+}
+
+async fn fenced_out(cms: &Api<ConfigMap>, name: &str) {
+    match cms.create(&PostParams::default(), &config_map(name)).await {
+        Err(kube::Error::Api(s)) => assert!(s.code == 409 && s.message.contains("fenced"), "{s:?}"),
+        other => panic!("expected 409 fenced, got {other:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn writes_fenced_as_the_old_holder_get_409_after_the_lease_moves() {
     let c = Cluster::up(3, common::NO_CONTROLLERS);
     c.wait_api();
-    let cfg = config(&c).await;
-    let e = fast_election("fence-test", "old");
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let elected = tokio::spawn(sched::run_elected(cfg, e, move |client, mut lost| {
-        let tx = tx.clone();
-        async move {
-            let _ = tx.send(client);
-            let _ = lost.wait_for(|l| *l).await;
-            Ok(())
-        }
-    }));
-    let fenced = tokio::time::timeout(Duration::from_secs(30), rx.recv()).await.expect("elected in time").expect("fenced client");
-    let cms: Api<ConfigMap> = Api::namespaced(fenced, "default");
-    let cm = |name: &str| ConfigMap { metadata: kube::api::ObjectMeta { name: Some(name.into()), ..Default::default() }, ..Default::default() };
-    cms.create(&PostParams::default(), &cm("while-leader")).await.expect("a write fenced as the holder succeeds");
+    let mut terms = Terms::run(config(&c).await, fast_election("fence-test", "old"));
+    let (what, client) = terms.next().await;
+    assert_eq!(what, Some("term started"));
+    let cms: Api<ConfigMap> = Api::namespaced(client.expect("fenced client"), "default");
+    cms.create(&PostParams::default(), &config_map("while-leader")).await.expect("a write fenced as the holder succeeds");
 
     // The old holder stops renewing; someone else takes the lease.
-    elected.abort();
+    drop(terms);
     c.kubectl_ok(&["patch", "lease", "-n", "kube-system", "fence-test", "--type", "merge", "-p", r#"{"spec":{"holderIdentity":"new"}}"#]);
-    match cms.create(&PostParams::default(), &cm("after-move")).await {
-        Err(kube::Error::Api(s)) => {
-            assert_eq!(s.code, 409, "{s:?}");
-            assert!(s.message.contains("fenced"), "{}", s.message);
-        }
-        other => panic!("expected 409 fenced, got {other:?}"),
-    }
+    fenced_out(&cms, "after-move").await;
     assert!(!c.kubectl(&["get", "configmap", "after-move"]).status.success());
 }
 
@@ -239,31 +277,38 @@ async fn writes_fenced_as_the_old_holder_get_409_after_the_lease_moves() {
 async fn a_leader_that_takes_its_lease_back_from_another_holder_starts_a_new_term() {
     let c = Cluster::up(3, common::NO_CONTROLLERS);
     c.wait_api();
-    let cfg = config(&c).await;
-    let e = fast_election("epoch-test", "one");
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
-    let elected = tokio::spawn(sched::run_elected(cfg, e, move |_client, mut lost| {
-        let tx = tx.clone();
-        async move {
-            let _ = tx.send("term started");
-            let _ = lost.wait_for(|l| *l).await;
-            let _ = tx.send("term ended");
-            Ok(())
-        }
-    }));
-    async fn next(rx: &mut tokio::sync::mpsc::UnboundedReceiver<&'static str>) -> Option<&'static str> {
-        tokio::time::timeout(Duration::from_secs(30), rx.recv()).await.ok().flatten()
-    }
-    assert_eq!(next(&mut rx).await, Some("term started"));
+    let mut terms = Terms::run(config(&c).await, fast_election("epoch-test", "one"));
+    let (what, first) = terms.next().await;
+    assert_eq!(what, Some("term started"));
+    let old: Api<ConfigMap> = Api::namespaced(first.expect("a client"), "default");
+    old.create(&PostParams::default(), &config_map("first-term")).await.expect("the first term writes");
     // Another holder had the Lease in between, and it has expired again by the time our next
     // renewal reads it (our renewals never saw it valid): the renewal takes it back, which
     // must not continue the old term.
     c.kubectl_ok(&["patch", "lease", "-n", "kube-system", "epoch-test", "--type", "merge", "-p", r#"{"spec":{"holderIdentity":"two","renewTime":"2020-01-01T00:00:00.000000Z","leaseDurationSeconds":1}}"#]);
-    assert_eq!(next(&mut rx).await, Some("term ended"));
-    assert_eq!(next(&mut rx).await, Some("term started"));
+    let new: Api<ConfigMap> = Api::namespaced(terms.next_term().await, "default");
     let holder = c.kubectl_ok(&["get", "lease", "-n", "kube-system", "epoch-test", "-o", "jsonpath={.spec.holderIdentity}/{.spec.leaseTransitions}"]);
-    assert!(holder.starts_with("one/"), "{holder}");
-    elected.abort();
+    assert_eq!(holder, "one/1", "taking the Lease back counts a transition");
+    // The same holder again, but a write of the old term (one still queued, say) must not commit.
+    fenced_out(&old, "old-term-late").await;
+    new.create(&PostParams::default(), &config_map("second-term")).await.expect("the new term writes");
+    assert!(!c.kubectl(&["get", "configmap", "old-term-late"]).status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_refused_by_its_fence_ends_the_term() {
+    let c = Cluster::up(3, common::NO_CONTROLLERS);
+    c.wait_api();
+    let mut terms = Terms::run(config(&c).await, fast_election("fenced-end", "one"));
+    let (what, first) = terms.next().await;
+    assert_eq!(what, Some("term started"));
+    let old: Api<ConfigMap> = Api::namespaced(first.expect("a client"), "default");
+    // The holder stays "one", so renewals keep succeeding and would never end the term; only
+    // the fence (its epoch) moved, and the refused write must end it.
+    c.kubectl_ok(&["patch", "lease", "-n", "kube-system", "fenced-end", "--type", "merge", "-p", r#"{"spec":{"leaseTransitions":7}}"#]);
+    fenced_out(&old, "refused").await;
+    let new: Api<ConfigMap> = Api::namespaced(terms.next_term().await, "default");
+    new.create(&PostParams::default(), &config_map("next-term")).await.expect("the next term is fenced on the current epoch");
 }
 
 /// Nodes of `c` (name, zone) with zone labels.

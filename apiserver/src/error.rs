@@ -147,6 +147,11 @@ fn causes_text(causes: &[Cause]) -> String {
 pub type ApiResult<T> = Result<T, ApiError>;
 
 impl ApiError {
+    /// A write refused because the fence it carried no longer holds (see store::Fence).
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, ApiError::Conflict { reason, .. } if reason.starts_with("fenced:"))
+    }
+
     pub fn code(&self) -> u16 {
         match self {
             ApiError::BadRequest(_) => 400,

@@ -992,8 +992,8 @@ fn spec_finalizers_block(res: &ResourceDef, obj: &Value) -> bool {
     res.group.is_empty() && res.kind == "Namespace" && obj["spec"]["finalizers"].as_array().map(|a| !a.is_empty()).unwrap_or(false)
 }
 
-/// A Lease write also writes the Lease's fence (its holder), in the same transaction, so that
-/// fenced writes (see store::Fence) stop the moment the Lease changes hands.
+/// A Lease write also writes the Lease's fence (its holder and leaseTransitions), in the same
+/// transaction, so that fenced writes (see store::Fence) stop the moment the Lease changes hands.
 fn fence_guard(res: &ResourceDef, obj: &Value) -> Option<crate::store::Guard> {
     if !(res.group == "coordination.k8s.io" && res.kind == "Lease") {
         return None;
@@ -1001,7 +1001,8 @@ fn fence_guard(res: &ResourceDef, obj: &Value) -> Option<crate::store::Guard> {
     let ns = obj["metadata"]["namespace"].as_str()?;
     let name = obj["metadata"]["name"].as_str()?;
     let holder = obj["spec"]["holderIdentity"].as_str().unwrap_or("");
-    Some(crate::store::Guard { key: crate::store::fence_key(ns, name), revision: None, value: Value::String(holder.to_string()) })
+    let epoch = obj["spec"]["leaseTransitions"].as_i64().unwrap_or(0);
+    Some(crate::store::Guard { key: crate::store::fence_key(ns, name), revision: None, value: crate::store::fence_token(holder, epoch) })
 }
 
 /// The value at a dotted path like ".spec.replicas".

@@ -166,15 +166,18 @@ async fn impersonate(api: &Api, headers: &hyper::HeaderMap, user: User) -> ApiRe
     Ok(User { name, groups })
 }
 
-/// `X-Kuberaft-Fence: NAMESPACE/LEASE=HOLDER`.
+/// `X-Kuberaft-Fence: NAMESPACE/LEASE=HOLDER@EPOCH` (EPOCH: the Lease's leaseTransitions when
+/// the holder's term began).
 fn parse_fence(v: &str) -> ApiResult<crate::store::Fence> {
-    let bad = || ApiError::BadRequest(format!("X-Kuberaft-Fence {v:?} is not NAMESPACE/LEASE=HOLDER"));
-    let (lease, holder) = v.split_once('=').ok_or_else(bad)?;
+    let bad = || ApiError::BadRequest(format!("X-Kuberaft-Fence {v:?} is not NAMESPACE/LEASE=HOLDER@EPOCH"));
+    let (lease, token) = v.split_once('=').ok_or_else(bad)?;
     let (namespace, lease) = lease.split_once('/').ok_or_else(bad)?;
-    if namespace.is_empty() || lease.is_empty() || holder.is_empty() {
+    let (holder, epoch) = token.rsplit_once('@').ok_or_else(bad)?;
+    let epoch: i64 = epoch.parse().map_err(|_| bad())?;
+    if namespace.is_empty() || lease.is_empty() || holder.is_empty() || epoch < 0 {
         return Err(bad());
     }
-    Ok(crate::store::Fence { namespace: namespace.into(), lease: lease.into(), holder: holder.into() })
+    Ok(crate::store::Fence { namespace: namespace.into(), lease: lease.into(), holder: holder.into(), epoch })
 }
 
 fn is_public(path: &str) -> bool {
@@ -249,12 +252,16 @@ async fn read_body(mut body: Incoming) -> ApiResult<Bytes> {
 
 fn error_response(e: &ApiError) -> Response<Body> {
     let body = serde_json::to_vec(&e.status()).unwrap_or_default();
-    Response::builder()
-        .status(StatusCode::from_u16(e.code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
-        .header("content-type", "application/json")
-        .body(full(body))
-        .unwrap_or_else(|_| Response::new(full("internal error")))
+    let mut b = Response::builder().status(StatusCode::from_u16(e.code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)).header("content-type", "application/json");
+    if e.is_fenced() {
+        // So that a fenced client can end its term from the response alone (see sched::election).
+        b = b.header(FENCED_HEADER, "true");
+    }
+    b.body(full(body)).unwrap_or_else(|_| Response::new(full("internal error")))
 }
+
+/// Set on a response to a write refused because its fence no longer holds.
+pub const FENCED_HEADER: &str = "x-kuberaft-fenced";
 
 fn reply_response(r: Reply) -> Response<Body> {
     match r {
@@ -667,5 +674,32 @@ async fn resource_request(api: &Arc<Api>, req: &Request, group: &str, version: &
         ("deletecollection", None) => api.delete_collection(req, &t).await,
         ("get", Some(s @ "log")) | ("get" | "create", Some(s @ ("exec" | "attach" | "portforward"))) => api.proxy_to_node(req, &t, s).await,
         _ => Err(ApiError::MethodNotAllowed),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fence_names_namespace_lease_holder_and_epoch() {
+        let f = parse_fence("kube-system/sched=n1@4").expect("a fence");
+        assert_eq!((f.namespace.as_str(), f.lease.as_str(), f.holder.as_str(), f.epoch), ("kube-system", "sched", "n1", 4));
+        // The epoch is what follows the last '@': a holder may contain one.
+        let f = parse_fence("ns/l=host@domain@0").expect("a fence");
+        assert_eq!((f.holder.as_str(), f.epoch), ("host@domain", 0));
+        for bad in ["", "ns/l=n1", "ns/l=n1@", "ns/l=n1@x", "ns/l=@1", "ns/l=n1@-1", "l=n1@1", "/l=n1@1", "ns/=n1@1"] {
+            assert!(matches!(parse_fence(bad), Err(ApiError::BadRequest(_))), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_fenced_refusal_is_marked_for_the_client() {
+        let gr = crate::error::GroupResource { group: "coordination.k8s.io".into(), resource: "leases".into() };
+        let fenced = ApiError::Conflict { gr: gr.clone(), name: "l".into(), reason: "fenced: \"a\" no longer holds lease ns/l".into() };
+        assert_eq!(error_response(&fenced).status(), StatusCode::CONFLICT);
+        assert!(error_response(&fenced).headers().contains_key(FENCED_HEADER));
+        let other = ApiError::Conflict { gr, name: "l".into(), reason: "the object has been modified".into() };
+        assert!(!error_response(&other).headers().contains_key(FENCED_HEADER));
     }
 }

@@ -118,22 +118,30 @@ pub struct Guard {
     pub value: Value,
 }
 
-/// A fencing token a request carries (header `X-Kuberaft-Fence: NAMESPACE/LEASE=HOLDER`): its
-/// writes commit only while the named Lease's fence still names that holder.
+/// A fencing token a request carries (header `X-Kuberaft-Fence: NAMESPACE/LEASE=HOLDER@EPOCH`):
+/// its writes commit only while the named Lease's fence still names that holder and epoch. The
+/// epoch is the Lease's leaseTransitions when the holder's term began, so a holder that lost the
+/// Lease and took it back cannot have writes of its old term commit in the new one.
 #[derive(Clone, Debug)]
 pub struct Fence {
     pub namespace: String,
     pub lease: String,
     pub holder: String,
+    pub epoch: i64,
 }
 
-/// Where a Lease's fence lives: one key per Lease, holding its holder while it changes hands.
+/// Where a Lease's fence lives: one key per Lease, holding its holder and epoch.
 pub fn fence_key(namespace: &str, lease: &str) -> Vec<u8> {
     format!("/registry/fences/{namespace}/{lease}").into_bytes()
 }
 
-pub fn fence_value(holder: &str) -> Vec<u8> {
-    serde_json::to_vec(&Value::String(holder.to_string())).unwrap_or_default()
+/// The fence a Lease held by `holder` with `epoch` (its leaseTransitions) stores.
+pub fn fence_token(holder: &str, epoch: i64) -> Value {
+    Value::String(format!("{holder}@{epoch}"))
+}
+
+pub fn fence_value(holder: &str, epoch: i64) -> Vec<u8> {
+    serde_json::to_vec(&fence_token(holder, epoch)).unwrap_or_default()
 }
 
 tokio::task_local! {
@@ -269,7 +277,7 @@ impl Store {
     async fn txn(&self, mut t: TxnRequest) -> ApiResult<(i64, TxnResponse)> {
         let fence = FENCE.try_with(|f| f.clone()).ok().flatten();
         if let Some(f) = &fence {
-            t.compare.push(Compare { key: fence_key(&f.namespace, &f.lease), range_end: vec![], result: CompareResult::Equal, target: CompareTarget::Value(fence_value(&f.holder)) });
+            t.compare.push(Compare { key: fence_key(&f.namespace, &f.lease), range_end: vec![], result: CompareResult::Equal, target: CompareTarget::Value(fence_value(&f.holder, f.epoch)) });
         }
         let (rev, res) = self.replica.write_ok(Command::Txn(t)).await?;
         let r = match res {
@@ -281,12 +289,13 @@ impl Store {
             let req = RangeRequest { key: fence_key(&f.namespace, &f.lease), ..Default::default() };
             let (cur, _) = self.replica.range(&req, false).await?;
             let now = cur.kvs.first().map(|kv| kv.value.clone()).unwrap_or_default();
-            if now != fence_value(&f.holder) {
-                let holder: String = serde_json::from_slice(&now).unwrap_or_default();
+            if now != fence_value(&f.holder, f.epoch) {
+                let token: String = serde_json::from_slice(&now).unwrap_or_default();
+                let (holder, epoch) = token.rsplit_once('@').unwrap_or((token.as_str(), "?"));
                 return Err(ApiError::Conflict {
                     gr: crate::error::GroupResource { group: "coordination.k8s.io".into(), resource: "leases".into() },
                     name: f.lease.clone(),
-                    reason: format!("fenced: {:?} no longer holds lease {}/{} (the holder is {holder:?})", f.holder, f.namespace, f.lease),
+                    reason: format!("fenced: {:?} no longer holds lease {}/{} in epoch {} (the holder is {holder:?}, epoch {epoch})", f.holder, f.namespace, f.lease, f.epoch),
                 });
             }
         }

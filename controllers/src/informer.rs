@@ -130,9 +130,15 @@ where
     /// Returns once the first list is in the cache. Use this, not the store's
     /// `wait_until_ready`: kube-runtime's readiness future wakes only the last task that polled
     /// it, so of two controllers waiting on a shared store one would wait forever.
-    pub async fn wait_ready(&self) {
+    /// An error if the watch feeding the cache ended first: the cache is then incomplete, and
+    /// acting on it (an empty pod list, say) would be acting on a falsehood.
+    pub async fn wait_ready(&self) -> anyhow::Result<()> {
         let mut ready = self.ready.clone();
-        let _ = ready.wait_for(|r| *r).await;
+        let listed = ready.wait_for(|r| *r).await.is_ok();
+        match listed {
+            true => Ok(()),
+            false => anyhow::bail!("the {} watch ended before its first list", K::kind(&()).to_lowercase()),
+        }
     }
 
     /// Every object that changes from now on, deleted ones included (and the whole cache
@@ -204,6 +210,18 @@ mod tests {
 
     fn pod(name: &str) -> Pod {
         serde_json::from_value(serde_json::json!({"metadata": {"name": name, "namespace": "default"}})).expect("pod")
+    }
+
+    #[tokio::test]
+    async fn wait_ready_fails_when_the_watch_ends_before_its_first_list() {
+        let (inf, feed) = Informer::<Pod>::parts();
+        drop(feed);
+        let e = inf.wait_ready().await.expect_err("an empty cache is not ready");
+        assert!(e.to_string().contains("pod watch ended"), "{e}");
+        let (inf, mut feed) = Informer::<Pod>::parts();
+        feed.apply(watcher::Event::InitDone);
+        drop(feed);
+        inf.wait_ready().await.expect("ready once the first list is in, even if the watch ends later");
     }
 
     #[tokio::test]

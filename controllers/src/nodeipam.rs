@@ -121,7 +121,7 @@ pub async fn run(client: Client, settings: Arc<NodeSettings>, inf: Arc<crate::in
     tracing::info!(cluster_cidr = %settings.cluster_cidr, mask = settings.node_cidr_mask_size, subnets = subnets.len(), "node CIDR allocator starting");
     // The cache must hold every node before we can tell which subnets are free: start once
     // the shared node cache has its first list.
-    inf.nodes.wait_ready().await;
+    inf.nodes.wait_ready().await?;
     let nodes = inf.nodes.store();
     let ctl = Controller::for_shared_stream(inf.nodes.subscribe_applied(), nodes.clone());
     let ctx = Arc::new(Ctx { client, nodes, subnets, state: Mutex::new(Alloc::default()) });

@@ -77,8 +77,8 @@ async fn drain_watch<T, S: Stream<Item = Result<T, watcher::Error>>>(stream: S) 
 
 pub async fn run(client: Client, settings: Arc<NodeSettings>, inf: Arc<crate::informer::Informers>) -> anyhow::Result<()> {
     let (nodes, pods) = (inf.nodes.store(), inf.pods.store());
-    inf.nodes.wait_ready().await;
-    inf.pods.wait_ready().await;
+    inf.nodes.wait_ready().await?;
+    inf.pods.wait_ready().await?;
     let (leases, leases_fut) = reflect(Api::<Lease>::namespaced(client.clone(), LEASE_NAMESPACE), watcher::Config::default());
     let noschedule = Controller::for_shared_stream(inf.nodes.subscribe_applied(), inf.nodes.store()).run(reconcile_noschedule, crate::util::error_policy, Arc::new(client.clone()));
     tokio::select! {

@@ -21,8 +21,8 @@ use crate::NodeSettings;
 const OUT_OF_SERVICE: &str = "node.kubernetes.io/out-of-service";
 
 pub async fn run(client: Client, settings: Arc<NodeSettings>, inf: Arc<crate::informer::Informers>) -> anyhow::Result<()> {
-    inf.nodes.wait_ready().await;
-    inf.pods.wait_ready().await;
+    inf.nodes.wait_ready().await?;
+    inf.pods.wait_ready().await?;
     gc_loop(client, settings, inf.nodes.store(), inf.pods.store()).await
 }
 

@@ -768,8 +768,11 @@ impl Replica {
         // inside an apply batch, while watchers (and the API server's RBAC cache) hear of the
         // batch only when it is published.
         if !self.sm.wait_revision(r.revision, self.cfg.request_timeout).await {
-            // The write is committed: failing it now would invite a duplicate retry.
-            tracing::warn!(revision = r.revision, applied = self.current_revision(), "write acknowledged before this replica applied it (apply lagging)");
+            // Committed, but not visible here yet: acknowledging it would let the caller's next
+            // watch or serializable read on this replica miss its own write. Like an etcd member
+            // whose apply lags, answer "timed out" (the outcome the caller must then check).
+            tracing::warn!(revision = r.revision, applied = self.current_revision(), "write committed but not applied here within the request timeout; answering timed out");
+            return Err(StoreError::Timeout);
         }
         Ok(r)
     }

@@ -44,18 +44,31 @@ impl ElectionConfig {
         }
     }
 
-    /// The value of the fence header for this holder: `NAMESPACE/LEASE=HOLDER`.
-    pub fn fence(&self) -> String {
-        format!("{}/{}={}", self.namespace, self.name, self.identity)
+    /// The value of the fence header for this holder in the term that began at `epoch` (the
+    /// Lease's leaseTransitions then): `NAMESPACE/LEASE=HOLDER@EPOCH`.
+    pub fn fence(&self, epoch: i64) -> String {
+        format!("{}/{}={}@{epoch}", self.namespace, self.name, self.identity)
     }
 }
 
-/// A kube::Client whose every request carries the fence of `election`'s holder.
-pub fn fenced_client(config: &kube::Config, election: &ElectionConfig) -> anyhow::Result<Client> {
+/// The response header with which the API server marks a write refused by its fence.
+pub const FENCED_HEADER: &str = "x-kuberaft-fenced";
+
+/// A kube::Client whose every request carries the fence of `election`'s holder for the term
+/// that began at `epoch`; `fenced` turns true as soon as the API server refuses one of its
+/// writes by that fence (another holder has the Lease, so the term is over).
+pub fn fenced_client(config: &kube::Config, election: &ElectionConfig, epoch: i64, fenced: watch::Sender<bool>) -> anyhow::Result<Client> {
     let mut config = config.clone();
-    let value = http::HeaderValue::from_str(&election.fence()).with_context(|| format!("fence {:?} is not a valid header value", election.fence()))?;
+    let fence = election.fence(epoch);
+    let value = http::HeaderValue::from_str(&fence).with_context(|| format!("fence {fence:?} is not a valid header value"))?;
     config.headers.push((http::HeaderName::from_static(FENCE_HEADER), value));
-    Client::try_from(config).context("building the fenced client")
+    let builder = kube::client::ClientBuilder::try_from(config).context("building the fenced client")?;
+    Ok(builder.with_layer(&tower::util::MapResponseLayer::new(move |resp: http::Response<_>| {
+        if resp.headers().contains_key(FENCED_HEADER) {
+            fenced.send_replace(true);
+        }
+        resp
+    })).build())
 }
 
 /// Aborts a spawned task when dropped, so that aborting `run_elected` also stops `lead`.
@@ -67,32 +80,43 @@ impl Drop for AbortOnDrop {
 }
 
 /// Runs forever: campaigns for the lease; while this process holds it, runs
-/// `lead(fenced_client, lost)`. `lost` turns true when a renewal finds another holder, or finds
-/// that another holder had the Lease in between (we took it back); `lead` then gets one retry
-/// period to stop before it is aborted. When `lead` returns or leadership is lost, it campaigns
-/// again.
+/// `lead(fenced_client, lost)`, with a client fenced on this term. `lost` turns true when a
+/// renewal finds another holder, or finds that another holder had the Lease in between (we took
+/// it back), or when the API server refuses a write of the term by its fence; `lead` then gets
+/// one retry period to stop before it is aborted. When `lead` returns or leadership is lost, it
+/// campaigns again.
 pub async fn run_elected<F, Fut>(config: kube::Config, election: ElectionConfig, lead: F) -> anyhow::Result<()>
 where
     F: Fn(kube::Client, watch::Receiver<bool>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
 {
     let plain = Client::try_from(config.clone()).context("building the election client")?;
-    let fenced = fenced_client(&config, &election)?;
     let leases: Api<Lease> = Api::namespaced(plain, &election.namespace);
     let lock = format!("{}/{}", election.namespace, election.name);
     loop {
         // Campaign.
-        loop {
+        let epoch = loop {
             match try_acquire_or_renew(&leases, &election).await {
-                Ok(Held::Acquired | Held::Renewed) => break,
+                Ok(Held::Acquired(epoch) | Held::Renewed(epoch)) => break epoch,
                 Ok(Held::No) => {}
                 Err(e) => tracing::debug!(lease = %lock, error = %format!("{e:#}"), "acquiring the lease failed"),
             }
             tokio::time::sleep(jittered(election.retry_period)).await;
-        }
-        tracing::info!(lease = %lock, identity = %election.identity, "became leader");
+        };
+        tracing::info!(lease = %lock, identity = %election.identity, epoch, "became leader");
+        let (fenced_tx, mut fenced_rx) = watch::channel(false);
+        let fenced = fenced_client(&config, &election, epoch, fenced_tx)?;
         let (lost_tx, lost_rx) = watch::channel(false);
-        let mut task = AbortOnDrop(tokio::spawn(lead(fenced.clone(), lost_rx)));
+        let mut task = AbortOnDrop(tokio::spawn(lead(fenced, lost_rx)));
+        // Fires when a write of this term was refused by its fence (never if the term's
+        // clients are all dropped without that).
+        let fenced_out = async {
+            let closed = fenced_rx.wait_for(|f| *f).await.is_err();
+            if closed {
+                std::future::pending::<()>().await;
+            }
+        };
+        let mut fenced_out = std::pin::pin!(fenced_out);
         let mut last_renew = Instant::now();
         let mut overdue = false;
         // Renew every retry period. Unlike client-go, missing the renew deadline does not end
@@ -111,6 +135,10 @@ where
                     }
                     break false;
                 }
+                _ = &mut fenced_out => {
+                    tracing::warn!(lease = %lock, identity = %election.identity, epoch, "a write of this term was refused by its fence: another holder has the Lease");
+                    break true;
+                }
                 _ = tokio::time::sleep(election.retry_period) => {
                     // Past the deadline, each attempt still gets a whole renew deadline.
                     let left = if overdue { election.renew_deadline } else { election.renew_deadline.saturating_sub(last_renew.elapsed()) };
@@ -118,8 +146,8 @@ where
                         // We took the Lease back from another holder: it led in between, so
                         // this term (its in-memory state, its queued writes) is over; a new
                         // term starts from a fresh campaign.
-                        Ok(Ok(Held::Acquired)) => break true,
-                        Ok(Ok(Held::Renewed)) => {
+                        Ok(Ok(Held::Acquired(_))) => break true,
+                        Ok(Ok(Held::Renewed(_))) => {
                             if overdue {
                                 tracing::info!(lease = %lock, late_ms = last_renew.elapsed().as_millis() as u64, "lease renewed again; still the leader");
                                 overdue = false;
@@ -182,10 +210,11 @@ fn held_and_valid(spec: &LeaseSpec, now: Timestamp) -> bool {
 /// What one round of tryAcquireOrRenew found.
 #[derive(Debug, PartialEq, Eq)]
 enum Held {
-    /// We renewed a Lease we already held.
-    Renewed,
-    /// We took the Lease: it was new, free, expired, or another holder's and expired.
-    Acquired,
+    /// We renewed a Lease we already held (its leaseTransitions).
+    Renewed(i64),
+    /// We took the Lease: it was new, free, expired, or another holder's and expired (its
+    /// leaseTransitions, counting this change of holder).
+    Acquired(i64),
     /// Someone else holds it, or we lost a write race (409).
     No,
 }
@@ -208,7 +237,7 @@ async fn try_acquire_or_renew(leases: &Api<Lease>, e: &ElectionConfig) -> anyhow
             }),
         };
         return match leases.create(&PostParams::default(), &lease).await {
-            Ok(_) => Ok(Held::Acquired),
+            Ok(_) => Ok(Held::Acquired(0)),
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(Held::No),
             Err(err) => Err(err).with_context(|| format!("creating lease {}/{}", e.namespace, e.name)),
         };
@@ -225,11 +254,12 @@ async fn try_acquire_or_renew(leases: &Api<Lease>, e: &ElectionConfig) -> anyhow
     }
     spec.lease_duration_seconds = Some(duration_secs);
     spec.renew_time = Some(now);
+    let epoch = i64::from(*spec.lease_transitions.get_or_insert(0));
     lease.spec = Some(spec);
     // `lease` keeps the resourceVersion we read: the replace is conditional on it.
     match leases.replace(&e.name, &PostParams::default(), &lease).await {
-        Ok(_) if ours => Ok(Held::Renewed),
-        Ok(_) => Ok(Held::Acquired),
+        Ok(_) if ours => Ok(Held::Renewed(epoch)),
+        Ok(_) => Ok(Held::Acquired(epoch)),
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(Held::No),
         Err(err) => Err(err).with_context(|| format!("updating lease {}/{}", e.namespace, e.name)),
     }
@@ -265,7 +295,7 @@ mod tests {
     }
 
     #[test]
-    fn fence_header_value_names_namespace_lease_and_holder() {
-        assert_eq!(ElectionConfig::new("kube-system", "sched", "n1").fence(), "kube-system/sched=n1");
+    fn fence_header_value_names_namespace_lease_holder_and_epoch() {
+        assert_eq!(ElectionConfig::new("kube-system", "sched", "n1").fence(3), "kube-system/sched=n1@3");
     }
 }
