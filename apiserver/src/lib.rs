@@ -12,6 +12,7 @@ pub mod bootstrap;
 pub mod catalog;
 pub mod crd;
 pub mod crd_schema;
+pub mod decoded;
 pub mod discovery;
 pub mod error;
 pub mod kubeconfig;

@@ -90,11 +90,17 @@ pub fn raw_with_rv(kv: &KeyValue) -> ApiResult<Vec<u8>> {
 
 /// The stored form: no resourceVersion (it is the key's revision).
 fn encode(v: &Value) -> ApiResult<Vec<u8>> {
+    Ok(stored_form(v)?.1)
+}
+
+/// The object as stored (without its resourceVersion), and its bytes.
+fn stored_form(v: &Value) -> ApiResult<(Value, Vec<u8>)> {
     let mut v = v.clone();
     if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
         m.remove("resourceVersion");
     }
-    serde_json::to_vec(&v).map_err(|e| ApiError::Internal(e.to_string()))
+    let bytes = serde_json::to_vec(&v).map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok((v, bytes))
 }
 
 /// How fresh a read must be.
@@ -223,7 +229,7 @@ impl Store {
         let req = RangeRequest { key: key.to_vec(), revision: at, ..Default::default() };
         let (resp, _) = self.replica.range(&req, true).await?;
         match resp.kvs.into_iter().next() {
-            Some(kv) => Ok(Some((decode(&kv)?, kv))),
+            Some(kv) => Ok(Some((Value::clone(&*crate::decoded::decoded(&kv)?), kv))),
             None => Ok(None),
         }
     }
@@ -307,7 +313,8 @@ impl Store {
     /// with new values (ResourceQuota usage).
     pub async fn create(&self, key: &[u8], obj: &Value, extra: Vec<(Vec<u8>, Vec<u8>)>, guards: Vec<Guard>) -> ApiResult<Created> {
         let mut compare = vec![Compare { key: key.to_vec(), range_end: vec![], result: CompareResult::Equal, target: CompareTarget::Create(0) }];
-        let mut success = vec![Op::Put(PutRequest { key: key.to_vec(), value: encode(obj)?, ..Default::default() })];
+        let (stored, bytes) = stored_form(obj)?;
+        let mut success = vec![Op::Put(PutRequest { key: key.to_vec(), value: bytes, ..Default::default() })];
         for (k, v) in extra {
             compare.push(Compare { key: k.clone(), range_end: vec![], result: CompareResult::Equal, target: CompareTarget::Create(0) });
             success.push(Op::Put(PutRequest { key: k, value: v, ..Default::default() }));
@@ -322,6 +329,7 @@ impl Store {
         let failure = vec![Op::Range(RangeRequest { key: key.to_vec(), keys_only: true, ..Default::default() })];
         let (rev, r) = self.txn(TxnRequest { compare, success, failure }).await?;
         if r.succeeded {
+            crate::decoded::remember(key, rev, stored);
             return Ok(Created::Done(rev));
         }
         let exists = matches!(r.responses.first(), Some(OpResponse::Range(rr)) if !rr.kvs.is_empty());
@@ -336,7 +344,8 @@ impl Store {
     /// update() with guards (see `Guard`) in the same transaction.
     pub async fn update_guarded(&self, key: &[u8], expected: i64, obj: &Value, guards: Vec<Guard>) -> ApiResult<Option<i64>> {
         let mut compare = vec![Compare { key: key.to_vec(), range_end: vec![], result: CompareResult::Equal, target: CompareTarget::Mod(expected) }];
-        let mut success = vec![Op::Put(PutRequest { key: key.to_vec(), value: encode(obj)?, ..Default::default() })];
+        let (stored, bytes) = stored_form(obj)?;
+        let mut success = vec![Op::Put(PutRequest { key: key.to_vec(), value: bytes, ..Default::default() })];
         for g in guards {
             if let Some(rev) = g.revision {
                 compare.push(Compare { key: g.key.clone(), range_end: vec![], result: CompareResult::Equal, target: CompareTarget::Mod(rev) });
@@ -344,6 +353,9 @@ impl Store {
             success.push(Op::Put(PutRequest { key: g.key, value: encode(&g.value)?, ..Default::default() }));
         }
         let (rev, r) = self.txn(TxnRequest { compare, success, failure: vec![] }).await?;
+        if r.succeeded {
+            crate::decoded::remember(key, rev, stored);
+        }
         Ok(r.succeeded.then_some(rev))
     }
 

@@ -3,7 +3,6 @@
 //! selectors. An object that stops matching is sent as DELETED and one that starts matching as
 //! ADDED. A revision below the compaction point ends the stream with a 410 ERROR event.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -16,7 +15,8 @@ use tokio::sync::mpsc;
 use crate::error::{ApiError, ApiResult};
 use crate::request::{Reply, Request};
 use crate::rest::Target;
-use crate::store::{collection_range, decode, Freshness};
+use crate::decoded::Fifo;
+use crate::store::{collection_range, Freshness};
 use crate::Api;
 
 /// How often bookmarks go out when asked for.
@@ -31,62 +31,16 @@ struct Encoder {
     headers_sent: bool,
 }
 
-/// Every watcher of a resource receives the same stored versions: each is decoded, and its
-/// event line encoded, once per process rather than once per watcher. Entries are keyed by the
-/// key and the revision that wrote that version (the value stamped with it), so they never go
-/// stale; the oldest are evicted first (one at a time: emptying the whole cache at once made
-/// every watcher decode again, and dropping thousands of values stalled them all).
-struct Shared {
-    values: Fifo<(Vec<u8>, i64), Arc<Value>>,
-    lines: Fifo<(Vec<u8>, i64, &'static str), Bytes>,
+/// Every watcher of a resource receives the same stored versions: each event line is encoded
+/// once per process rather than once per watcher (the objects are decoded once, see decoded.rs).
+fn lines() -> MutexGuard<'static, Fifo<(Vec<u8>, i64, &'static str), Bytes>> {
+    static LINES: OnceLock<Mutex<Fifo<(Vec<u8>, i64, &'static str), Bytes>>> = OnceLock::new();
+    LINES.get_or_init(|| Mutex::new(Fifo::new())).lock().unwrap_or_else(|p| p.into_inner())
 }
 
-const SHARED_ENTRIES: usize = 8192;
-
-/// A map that forgets its oldest entries beyond a fixed size.
-struct Fifo<K, V> {
-    map: HashMap<K, V>,
-    order: VecDeque<K>,
-}
-
-impl<K: std::hash::Hash + Eq + Clone, V: Clone> Fifo<K, V> {
-    fn new() -> Self {
-        Fifo { map: HashMap::new(), order: VecDeque::new() }
-    }
-
-    fn get(&self, k: &K) -> Option<V> {
-        self.map.get(k).cloned()
-    }
-
-    /// Inserts and returns what was evicted, to be dropped after the lock is released.
-    fn insert(&mut self, k: K, v: V) -> Option<V> {
-        if self.map.insert(k.clone(), v).is_some() {
-            return None;
-        }
-        self.order.push_back(k);
-        if self.order.len() > SHARED_ENTRIES {
-            let old = self.order.pop_front()?;
-            return self.map.remove(&old);
-        }
-        None
-    }
-}
-
-fn shared() -> MutexGuard<'static, Shared> {
-    static SHARED: OnceLock<Mutex<Shared>> = OnceLock::new();
-    SHARED.get_or_init(|| Mutex::new(Shared { values: Fifo::new(), lines: Fifo::new() })).lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// The stored version `kv` as an object with its resourceVersion, decoded once.
+/// The stored version `kv` as an object with its resourceVersion (None if it is not JSON).
 fn decoded(kv: &KeyValue) -> Option<Arc<Value>> {
-    let id = (kv.key.clone(), kv.mod_revision);
-    if let Some(v) = shared().values.get(&id) {
-        return Some(v);
-    }
-    let v = Arc::new(decode(kv).ok()?);
-    let evicted = shared().values.insert(id, v.clone());
-    drop(evicted);
-    Some(v)
+    crate::decoded::decoded(kv).ok()
 }
 
 impl Encoder {
@@ -97,11 +51,11 @@ impl Encoder {
             return self.event(ty, obj);
         }
         let id = (key.to_vec(), rev, ty);
-        if let Some(b) = shared().lines.get(&id) {
+        if let Some(b) = lines().get(&id) {
             return b;
         }
         let b = self.event(ty, obj);
-        let evicted = shared().lines.insert(id, b.clone());
+        let evicted = lines().insert(id, b.clone());
         drop(evicted);
         b
     }
@@ -167,6 +121,10 @@ impl Api {
         };
         let (start, end) = collection_range(&t.res, t.ns.as_deref());
         let name_filter = t.name.clone();
+        // Without selectors every stored version matches, and a put needs no look at the
+        // version it replaced (which may be long out of the decoded cache: a Lease renewed
+        // every ten seconds, say).
+        let selective = !ls.is_empty() || !fs.is_empty() || name_filter.is_some();
         let matches = move |v: &Value| ls.matches_object(v) && fs.matches(v) && name_filter.as_deref().map(|n| v["metadata"]["name"].as_str() == Some(n)).unwrap_or(true);
 
         // Initial state for RV "" or "0": synthetic ADDED events, then changes after it.
@@ -217,7 +175,7 @@ impl Api {
                         match o {
                             WatchOut::Events { events, revision, .. } => {
                                 for e in &events {
-                                    if let Some(b) = convert(&mut enc, e, &matches) {
+                                    if let Some(b) = convert(&mut enc, e, selective, &matches) {
                                         if tx.send(b).await.is_err() {
                                             return;
                                         }
@@ -272,11 +230,12 @@ fn scopeguard(m: std::sync::Arc<crate::metrics::ApiMetrics>) -> WatchGuard {
 }
 
 /// One store event as a Kubernetes watch event (or nothing, if it does not concern this watch).
-fn convert(enc: &mut Encoder, e: &Event, matches: &impl Fn(&Value) -> bool) -> Option<Bytes> {
-    let prev = e.prev_kv.as_ref().and_then(decoded);
-    let was = prev.as_deref().map(matches).unwrap_or(false);
+/// `selective`: whether `matches` can be false at all (a watch with selectors).
+fn convert(enc: &mut Encoder, e: &Event, selective: bool, matches: &impl Fn(&Value) -> bool) -> Option<Bytes> {
+    let prev = || e.prev_kv.as_ref().and_then(decoded);
     match e.kind {
         EventKind::Put => {
+            let was = if selective { prev().as_deref().map(matches).unwrap_or(false) } else { e.prev_kv.is_some() };
             let cur = decoded(&e.kv)?;
             let is = matches(&cur);
             let ty = match (was, is) {
@@ -288,11 +247,12 @@ fn convert(enc: &mut Encoder, e: &Event, matches: &impl Fn(&Value) -> bool) -> O
             Some(enc.shared_event(ty, &e.kv.key, e.kv.mod_revision, &cur))
         }
         EventKind::Delete => {
-            if !was {
+            let prev = prev()?;
+            if !matches(&prev) {
                 return None;
             }
             // The last version, stamped with the deleting revision.
-            let mut last = (*prev?).clone();
+            let mut last = (*prev).clone();
             crate::store::set_rv(&mut last, e.kv.mod_revision);
             Some(enc.shared_event("DELETED", &e.kv.key, e.kv.mod_revision, &last))
         }
