@@ -1,9 +1,10 @@
 //! The leader-elected components every replica runs beside its API: the scheduler and the
-//! controller manager. They reach the replica's own API with their own client certificates
-//! (`kuberaft certs` makes scheduler.crt and controller-manager.crt beside the CA; an older
-//! certificate directory without them falls back to the administrator's).
+//! controller manager. They call the replica's own API in process, as the users of their own
+//! client certificates (`kuberaft certs` makes scheduler.crt and controller-manager.crt beside
+//! the CA; an older certificate directory without them falls back to the administrator's).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 fn cert_pair(pki: &Path, name: &str) -> (PathBuf, PathBuf) {
@@ -160,22 +161,29 @@ impl NodeControllerArgs {
     }
 }
 
-/// Starts the scheduler and controller manager as tasks; each restarts after an error.
-pub fn spawn(identity: &str, api: &apiserver::ApiConfig, election: &ElectionArgs, nodes: &NodeControllerArgs) {
+/// How a component reaches the API: in process, as the user its certificate names.
+fn local_access(api: &Arc<apiserver::Api>, pki: &Path, cert_name: &str, agent: &str) -> anyhow::Result<sched::client::Access> {
+    let (cert, _) = cert_pair(pki, cert_name);
+    let pem = std::fs::read(&cert).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", cert.display()))?;
+    let user = apiserver::server::user_of_cert_pem(&pem).map_err(|e| anyhow::anyhow!("{}: {e}", cert.display()))?;
+    sched::client::Access::in_process(apiserver::server::LocalService::new(api.clone(), user), agent)
+}
+
+/// Starts the scheduler and controller manager as tasks of this replica; each restarts after
+/// an error. They call the replica's API server in process (no TCP, TLS or HTTP/2 on
+/// loopback), through its whole request path, as the users their certificates name
+/// (`kuberaft certs` makes scheduler.crt and controller-manager.crt beside the CA).
+pub fn spawn(identity: &str, api: Arc<apiserver::Api>, election: &ElectionArgs, nodes: &NodeControllerArgs) {
     let nodes = nodes.settings();
-    let pki = api.cacert.parent().map(Path::to_path_buf).unwrap_or_default();
-    let host = if api.listen.ip().is_unspecified() { "127.0.0.1".to_string() } else { api.listen.ip().to_string() };
-    let server = format!("https://{host}:{}", api.listen.port());
-    let ca = api.cacert.clone();
+    let pki = api.cfg.cacert.parent().map(Path::to_path_buf).unwrap_or_default();
     {
-        let (cert, key) = cert_pair(&pki, "scheduler");
-        let (server, ca, identity) = (server.clone(), ca.clone(), identity.to_string());
+        let (api, pki, identity) = (api.clone(), pki.clone(), identity.to_string());
         let mut opts = sched::SchedulerOptions::new(&identity);
         opts.election = Some(election.config(&opts.lease_name, &identity));
         tokio::spawn(async move {
             loop {
-                let res = match sched::client::config_from_files(&server, &ca, &cert, &key).await {
-                    Ok(cfg) => sched::run_scheduler(sched::client::with_user_agent(cfg, "kuberaft-scheduler"), opts.clone()).await,
+                let res = match local_access(&api, &pki, "scheduler", "kuberaft-scheduler") {
+                    Ok(access) => sched::run_scheduler(access, opts.clone()).await,
                     Err(e) => Err(e),
                 };
                 if let Err(e) = res {
@@ -186,20 +194,20 @@ pub fn spawn(identity: &str, api: &apiserver::ApiConfig, election: &ElectionArgs
         });
     }
     {
-        let (cert, key) = cert_pair(&pki, "controller-manager");
-        let (server, ca, identity) = (server, ca, identity.to_string());
+        let identity = identity.to_string();
         let base = controllers::ControllerManagerOptions::new(&identity);
         let election = election.config(&base.lease_name, &identity);
+        let ca = api.cfg.cacert.clone();
         tokio::spawn(async move {
             loop {
                 let root_ca = std::fs::read_to_string(&ca).ok();
-                let res = match sched::client::config_from_files(&server, &ca, &cert, &key).await {
-                    Ok(cfg) => {
+                let res = match local_access(&api, &pki, "controller-manager", "kuberaft-controller-manager") {
+                    Ok(access) => {
                         let mut o = controllers::ControllerManagerOptions::new(&identity);
                         o.root_ca_pem = root_ca;
                         o.election = Some(election.clone());
                         o.nodes = nodes.clone();
-                        controllers::run_controller_manager(sched::client::with_user_agent(cfg, "kuberaft-controller-manager"), o).await
+                        controllers::run_controller_manager(access, o).await
                     }
                     Err(e) => Err(e),
                 };

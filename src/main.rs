@@ -185,17 +185,19 @@ fn main() -> ExitCode {
             let api = api.resolve(cfg.cacert.clone(), cfg.cert.clone(), cfg.key.clone())?;
             let name = cfg.replica.name.clone();
             replica_runtime()?.block_on(async move {
-                if api.enabled && !no_controllers {
-                    components::spawn(&name, &api, &election, &nodes);
-                }
-                apiserver::run(cfg, api).await
+                let with_components = api.enabled && !no_controllers;
+                apiserver::run_with(cfg, api, move |api| {
+                    if with_components {
+                        components::spawn(&name, api, &election, &nodes);
+                    }
+                })
+                .await
             })
         }),
         Cmd::Up { dir } => apiserver::prepare_up(dir).and_then(|(cfg, api)| {
             let name = cfg.replica.name.clone();
             replica_runtime()?.block_on(async move {
-                components::spawn(&name, &api, &components::ElectionArgs::default(), &components::NodeControllerArgs::default());
-                apiserver::run(cfg, api).await
+                apiserver::run_with(cfg, api, move |api| components::spawn(&name, api, &components::ElectionArgs::default(), &components::NodeControllerArgs::default())).await
             })
         }),
         Cmd::Node(args) => tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(Into::into).and_then(|rt| rt.block_on(node::run(args))),

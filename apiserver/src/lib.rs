@@ -192,13 +192,25 @@ impl Api {
 
 /// Runs a replica with the Kubernetes API beside it until SIGINT/SIGTERM.
 pub async fn run(cfg: raftstore::server::ServerConfig, api: ApiConfig) -> anyhow::Result<()> {
+    run_with(cfg, api, |_| {}).await
+}
+
+/// run(), calling `started` with the API once it exists (before it listens): components of the
+/// replica use it to serve their requests in process (see `server::LocalService`).
+pub async fn run_with(cfg: raftstore::server::ServerConfig, api: ApiConfig, started: impl FnOnce(Arc<Api>) + Send + 'static) -> anyhow::Result<()> {
     if !api.enabled {
         return raftstore::server::run(cfg).await;
     }
     // Bind before starting Raft so that a busy port fails fast with a clear error.
     let listener = tokio::net::TcpListener::bind(api.listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {} (Kubernetes API): {e}", api.listen))?;
     tracing::info!(listen = %api.listen, "serving the Kubernetes API");
-    let extra: raftstore::server::Extra = Box::new(move |replica| Box::pin(async move { serve(Api::new(replica, api), listener).await }));
+    let extra: raftstore::server::Extra = Box::new(move |replica| {
+        Box::pin(async move {
+            let api = Api::new(replica, api);
+            started(api.clone());
+            serve(api, listener).await
+        })
+    });
     raftstore::server::run_with(cfg, Some(extra)).await
 }
 

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, StreamBody};
-use hyper::body::{Frame, Incoming};
+use hyper::body::Frame;
 use hyper::{Method, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{json, Value};
@@ -61,6 +61,48 @@ fn user_from_cert(der: &[u8]) -> Option<User> {
     let mut groups: Vec<String> = subject.iter_organization().filter_map(|o| o.as_str().ok().map(str::to_string)).collect();
     groups.push("system:authenticated".into());
     Some(User { name, groups })
+}
+
+/// The identity a client certificate (PEM) authenticates as.
+pub fn user_of_cert_pem(pem: &[u8]) -> anyhow::Result<User> {
+    let der = rustls_pemfile::certs(&mut &pem[..]).next().ok_or_else(|| anyhow::anyhow!("no certificate"))??;
+    user_from_cert(der.as_ref()).ok_or_else(|| anyhow::anyhow!("the certificate names no user (CN)"))
+}
+
+/// The API served in process, as one user: for the replica's own components (scheduler,
+/// controller manager), which would otherwise reach the same handler through TCP, TLS and
+/// HTTP/2 on loopback. Requests go through everything a remote one does (authorization,
+/// admission, fencing, metrics) except the transport; the user is the identity of the
+/// component's certificate, so its permissions are the same either way.
+#[derive(Clone)]
+pub struct LocalService {
+    api: Arc<Api>,
+    user: User,
+}
+
+impl LocalService {
+    pub fn new(api: Arc<Api>, user: User) -> LocalService {
+        LocalService { api, user }
+    }
+}
+
+impl<B> tower::Service<hyper::Request<B>> for LocalService
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: std::fmt::Display,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: hyper::Request<B>) -> Self::Future {
+        let (api, user) = (self.api.clone(), self.user.clone());
+        Box::pin(async move { Ok(handle(api, req, Some(user)).await) })
+    }
 }
 
 pub fn tls_config(cacert: &std::path::Path, cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<rustls::ServerConfig> {
@@ -121,8 +163,8 @@ pub async fn serve(api: Arc<Api>, listener: tokio::net::TcpListener) -> anyhow::
 
 /// Bearer token (static file, then ServiceAccount JWT) or client certificate. A request that
 /// presents a bad token is not authenticated by its certificate either.
-async fn authenticate(api: &Api, req: &hyper::Request<Incoming>, cert_user: Option<User>) -> Option<User> {
-    if let Some(auth) = req.headers().get("authorization").and_then(|v| v.to_str().ok()) {
+async fn authenticate(api: &Api, headers: &hyper::HeaderMap, cert_user: Option<User>) -> Option<User> {
+    if let Some(auth) = headers.get("authorization").and_then(|v| v.to_str().ok()) {
         let tok = auth.strip_prefix("Bearer ").map(str::trim)?;
         if let Some(u) = api.cfg.tokens.get(tok) {
             return Some(u.clone());
@@ -184,11 +226,17 @@ fn is_public(path: &str) -> bool {
     matches!(path, "/healthz" | "/livez" | "/readyz" | "/version" | "/version/") || path.starts_with("/healthz/") || path.starts_with("/livez/") || path.starts_with("/readyz/")
 }
 
-async fn handle(api: Arc<Api>, req: hyper::Request<Incoming>, cert_user: Option<User>) -> Response<Body> {
+/// Serves one request from a connection (`cert_user`: its client certificate's identity) or
+/// from this process (see `LocalService`).
+async fn handle<B>(api: Arc<Api>, req: hyper::Request<B>, cert_user: Option<User>) -> Response<Body>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let user = authenticate(&api, &req, cert_user).await;
+    let user = authenticate(&api, req.headers(), cert_user).await;
     let (mut parts, body) = req.into_parts();
     let upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
     let query = Query::parse(parts.uri.query());
@@ -230,7 +278,12 @@ const MAX_DRAIN: usize = 64 << 20;
 
 /// Reads a request body up to MAX_BODY. A larger one is read to its end and discarded (up to
 /// MAX_DRAIN) so that the client gets the 413 instead of a reset connection.
-async fn read_body(mut body: Incoming) -> ApiResult<Bytes> {
+async fn read_body<B>(body: B) -> ApiResult<Bytes>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
+    let mut body = std::pin::pin!(body);
     let mut buf = bytes::BytesMut::new();
     let mut seen = 0usize;
     while let Some(frame) = body.frame().await {

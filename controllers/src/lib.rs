@@ -119,12 +119,12 @@ impl ControllerManagerOptions {
 }
 
 /// Runs forever: campaigns for the Lease and, while leader, runs every controller.
-pub async fn run_controller_manager(config: kube::Config, opts: ControllerManagerOptions) -> anyhow::Result<()> {
+pub async fn run_controller_manager(access: impl Into<sched::client::Access>, opts: ControllerManagerOptions) -> anyhow::Result<()> {
     let election = opts.election.clone().unwrap_or_else(|| ElectionConfig::new(&opts.lease_namespace, &opts.lease_name, &opts.identity));
     let root_ca = Arc::new(opts.root_ca_pem.clone());
     let nodes = Arc::new(opts.nodes.clone());
     tracing::info!(identity = %opts.identity, lease = %format!("{}/{}", election.namespace, election.name), "controller manager campaigning");
-    sched::election::run_elected(config, election, move |client, lost| {
+    sched::election::run_elected(access, election, move |client, lost| {
         let (root_ca, nodes) = (root_ca.clone(), nodes.clone());
         async move { run_controllers(client, root_ca, nodes, lost).await }
     })

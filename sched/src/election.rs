@@ -11,6 +11,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PostParams};
 use kube::Client;
+
+use crate::client::Access;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -57,18 +59,16 @@ pub const FENCED_HEADER: &str = "x-kuberaft-fenced";
 /// A kube::Client whose every request carries the fence of `election`'s holder for the term
 /// that began at `epoch`; `fenced` turns true as soon as the API server refuses one of its
 /// writes by that fence (another holder has the Lease, so the term is over).
-pub fn fenced_client(config: &kube::Config, election: &ElectionConfig, epoch: i64, fenced: watch::Sender<bool>) -> anyhow::Result<Client> {
-    let mut config = config.clone();
+pub fn fenced_client(access: &Access, election: &ElectionConfig, epoch: i64, fenced: watch::Sender<bool>) -> anyhow::Result<Client> {
     let fence = election.fence(epoch);
     let value = http::HeaderValue::from_str(&fence).with_context(|| format!("fence {fence:?} is not a valid header value"))?;
-    config.headers.push((http::HeaderName::from_static(FENCE_HEADER), value));
-    let builder = kube::client::ClientBuilder::try_from(config).context("building the fenced client")?;
-    Ok(builder.with_layer(&tower::util::MapResponseLayer::new(move |resp: http::Response<_>| {
-        if resp.headers().contains_key(FENCED_HEADER) {
-            fenced.send_replace(true);
-        }
-        resp
-    })).build())
+    access
+        .client_with(vec![(http::HeaderName::from_static(FENCE_HEADER), value)], move |headers| {
+            if headers.contains_key(FENCED_HEADER) {
+                fenced.send_replace(true);
+            }
+        })
+        .context("building the fenced client")
 }
 
 /// Aborts a spawned task when dropped, so that aborting `run_elected` also stops `lead`.
@@ -85,12 +85,13 @@ impl Drop for AbortOnDrop {
 /// it back), or when the API server refuses a write of the term by its fence; `lead` then gets
 /// one retry period to stop before it is aborted. When `lead` returns or leadership is lost, it
 /// campaigns again.
-pub async fn run_elected<F, Fut>(config: kube::Config, election: ElectionConfig, lead: F) -> anyhow::Result<()>
+pub async fn run_elected<F, Fut>(access: impl Into<Access>, election: ElectionConfig, lead: F) -> anyhow::Result<()>
 where
     F: Fn(kube::Client, watch::Receiver<bool>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
 {
-    let plain = Client::try_from(config.clone()).context("building the election client")?;
+    let access: Access = access.into();
+    let plain = access.client().context("building the election client")?;
     let leases: Api<Lease> = Api::namespaced(plain, &election.namespace);
     let lock = format!("{}/{}", election.namespace, election.name);
     loop {
@@ -105,7 +106,7 @@ where
         };
         tracing::info!(lease = %lock, identity = %election.identity, epoch, "became leader");
         let (fenced_tx, mut fenced_rx) = watch::channel(false);
-        let fenced = fenced_client(&config, &election, epoch, fenced_tx)?;
+        let fenced = fenced_client(&access, &election, epoch, fenced_tx)?;
         let (lost_tx, lost_rx) = watch::channel(false);
         let mut task = AbortOnDrop(tokio::spawn(lead(fenced, lost_rx)));
         // Fires when a write of this term was refused by its fence (never if the term's

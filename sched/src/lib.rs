@@ -33,13 +33,13 @@ impl SchedulerOptions {
 }
 
 /// Runs forever: campaigns for the scheduler Lease and schedules pods while it holds it.
-pub async fn run_scheduler(config: kube::Config, opts: SchedulerOptions) -> anyhow::Result<()> {
+pub async fn run_scheduler(access: impl Into<client::Access>, opts: SchedulerOptions) -> anyhow::Result<()> {
     let mut election = opts.election.clone().unwrap_or_else(|| ElectionConfig::new(&opts.lease_namespace, &opts.lease_name, &opts.identity));
     election.namespace = opts.lease_namespace.clone();
     election.name = opts.lease_name.clone();
     election.identity = opts.identity.clone();
     let identity = opts.identity.clone();
-    run_elected(config, election, move |client, lost| {
+    run_elected(access, election, move |client, lost| {
         let identity = identity.clone();
         async move { scheduler::Scheduler::new(client, identity).run(lost).await }
     })
