@@ -22,7 +22,7 @@ pub const KUBE_GIT_VERSION: &str = "v1.33.0-kuberaft";
 pub struct Typed {
     /// Decode into the k8s-openapi type and encode again: unknown fields disappear, wrong types
     /// fail. The error is serde's message.
-    pub normalize: fn(Value) -> Result<Value, String>,
+    pub normalize: fn(&Value) -> Result<Value, String>,
     pub schema: fn(&mut SchemaGenerator) -> Schema,
     pub schema_name: fn() -> String,
 }
@@ -102,8 +102,9 @@ impl Scope for ClusterResourceScope {
     const NAMESPACED: bool = false;
 }
 
-fn normalize<T: DeserializeOwned + Serialize>(v: Value) -> Result<Value, String> {
-    let t: T = serde_json::from_value(v).map_err(|e| e.to_string())?;
+fn normalize<T: DeserializeOwned + Serialize>(v: &Value) -> Result<Value, String> {
+    // From a borrowed Value: no copy of the object just to decode it.
+    let t = T::deserialize(v).map_err(|e| e.to_string())?;
     serde_json::to_value(&t).map_err(|e| e.to_string())
 }
 
@@ -339,9 +340,9 @@ mod tests {
         let c = Catalog::new().get();
         let cm = c.lookup("", "v1", "configmaps").expect("cm");
         let t = cm.typed.expect("typed");
-        let out = (t.normalize)(serde_json::json!({"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"x","bogus":1},"data":{"a":"b"}})).expect("ok");
+        let out = (t.normalize)(&serde_json::json!({"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"x","bogus":1},"data":{"a":"b"}})).expect("ok");
         assert!(out["metadata"].get("bogus").is_none());
         assert_eq!(out["data"]["a"], "b");
-        assert!((t.normalize)(serde_json::json!({"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"x"},"data":{"a":1}})).is_err());
+        assert!((t.normalize)(&serde_json::json!({"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"x"},"data":{"a":1}})).is_err());
     }
 }

@@ -154,7 +154,7 @@ fn typed_check(res: &ResourceDef, mut obj: Value, raw_body: Option<&[u8]>, mode:
         };
     };
     let cannot = |e: String| ApiError::BadRequest(format!("{} in version \"{}\" cannot be handled as a {}: {e}", res.kind, res.version, res.kind));
-    let normalized = (typed.normalize)(obj.clone()).map_err(cannot)?;
+    let normalized = (typed.normalize)(&obj).map_err(cannot)?;
     let mut unknown = Vec::new();
     if mode != Validation::Ignore {
         unknown_fields(&obj, &normalized, "", &mut unknown);
