@@ -34,6 +34,11 @@ pub struct NodeArgs {
     /// Extra node labels: k=v,k2=v2
     #[arg(long, value_delimiter = ',')]
     pub labels: Vec<String>,
+    /// Spread the nodes over these zones, round robin: node i gets the label
+    /// topology.kubernetes.io/zone=ZONES[i mod len] (one process can then stand in for a
+    /// multi-zone cluster)
+    #[arg(long, value_delimiter = ',')]
+    pub zones: Vec<String>,
     /// Node taints: key=value:Effect,... (or key:Effect)
     #[arg(long, value_delimiter = ',')]
     pub taints: Vec<String>,
@@ -73,8 +78,10 @@ pub struct Shape {
     pub cpu: String,
     pub memory: String,
     pub max_pods: u32,
-    /// --labels only; the well-known ones are added per node.
+    /// --labels only; the well-known ones (and the zone) are added per node.
     pub labels: BTreeMap<String, String>,
+    /// --zones: node i is in zones[i % len] (none: no zone label beyond --labels).
+    pub zones: Vec<String>,
     pub taints: Vec<Taint>,
     pub heartbeat: Duration,
     pub kernel_version: String,
@@ -98,6 +105,10 @@ impl Shape {
                 bail!("node name {n:?} is not a valid DNS-1123 subdomain (lower-case alphanumerics, '-' and '.'); set --name");
             }
         }
+        let zones: Vec<String> = args.zones.iter().map(|z| z.trim().to_string()).filter(|z| !z.is_empty()).collect();
+        for z in &zones {
+            check_label_value(z).with_context(|| format!("--zones: {z:?}"))?;
+        }
         check_quantity(&args.cpu).context("--cpu")?;
         check_quantity(&args.memory).context("--memory")?;
         Ok(Shape {
@@ -106,6 +117,7 @@ impl Shape {
             memory: args.memory.clone(),
             max_pods: args.max_pods,
             labels: parse_labels(&args.labels)?,
+            zones,
             taints: parse_taints(&args.taints)?,
             heartbeat: Duration::from_secs(args.heartbeat_seconds),
             kernel_version: std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into()),

@@ -174,7 +174,7 @@ impl Hollow {
     async fn register(&self, i: usize) -> Result<()> {
         let name = &self.shape.names[i];
         let api: Api<Node> = Api::all(self.client.clone());
-        let node = objects::node_object(&self.shape, name, Timestamp::now());
+        let node = objects::node_object(&self.shape, i, Timestamp::now());
         match self.call(api.create(&PostParams::default(), &node)).await {
             Ok(created) => {
                 *lock(&self.node_uids[i]) = created.metadata.uid.clone();
@@ -187,7 +187,7 @@ impl Hollow {
             }
             Err(e) if is_status(&e, |s| s.is_already_exists()) => {
                 let existing = self.call(api.get(name)).await.with_context(|| format!("reading existing node {name}"))?;
-                let patch = objects::node_update_patch(&self.shape, &existing);
+                let patch = objects::node_update_patch(&self.shape, i, &existing);
                 let updated = self.call(api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))).await.with_context(|| format!("updating existing node {name}"))?;
                 self.write_node_status(name, updated.status.as_ref()).await?;
                 *lock(&self.node_uids[i]) = updated.metadata.uid.clone();

@@ -18,18 +18,27 @@ pub const KUBELET_VERSION: &str = "v1.33.0-kuberaft";
 /// Hollow nodes have no network of their own; the address only has to be well-formed.
 pub const HOST_IP: &str = "127.0.0.1";
 
-pub fn node_labels(shape: &Shape, name: &str) -> BTreeMap<String, String> {
+/// The labels of node `i` of `shape`.
+pub fn node_labels(shape: &Shape, i: usize) -> BTreeMap<String, String> {
     let mut l = shape.labels.clone();
+    if !shape.zones.is_empty() {
+        l.insert(ZONE_LABEL.into(), shape.zones[i % shape.zones.len()].clone());
+    }
+    let name = shape.names.get(i).map(String::as_str).unwrap_or_default();
     for (k, v) in [("kubernetes.io/hostname", name), ("kubernetes.io/os", "linux"), ("kubernetes.io/arch", "amd64"), HOLLOW_LABEL] {
         l.insert(k.into(), v.into());
     }
     l
 }
 
-/// The Node to create, status included.
-pub fn node_object(shape: &Shape, name: &str, now: Timestamp) -> Node {
+/// The well-known zone label (--zones).
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
+/// Node `i` of `shape` to create, status included.
+pub fn node_object(shape: &Shape, i: usize, now: Timestamp) -> Node {
+    let name = shape.names.get(i).map(String::as_str).unwrap_or_default();
     Node {
-        metadata: ObjectMeta { name: Some(name.into()), labels: Some(node_labels(shape, name)), ..Default::default() },
+        metadata: ObjectMeta { name: Some(name.into()), labels: Some(node_labels(shape, i)), ..Default::default() },
         spec: Some(NodeSpec { taints: (!shape.taints.is_empty()).then(|| shape.taints.clone()), ..Default::default() }),
         status: Some(node_status(shape, name, None, now)),
     }
@@ -121,13 +130,12 @@ fn want_types(s: &NodeStatus) -> Vec<String> {
 
 /// Merge patch for an existing Node: our labels added, our taints set (others' taints, e.g.
 /// the node lifecycle controller's, kept), guarded by its resourceVersion.
-pub fn node_update_patch(shape: &Shape, existing: &Node) -> Value {
-    let name = existing.metadata.name.as_deref().unwrap_or_default();
+pub fn node_update_patch(shape: &Shape, i: usize, existing: &Node) -> Value {
     let mut taints: Vec<Taint> = existing.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
     taints.retain(|t| !shape.taints.iter().any(|o| o.key == t.key && o.effect == t.effect));
     taints.extend(shape.taints.iter().cloned());
     json!({
-        "metadata": {"labels": node_labels(shape, name), "resourceVersion": existing.metadata.resource_version},
+        "metadata": {"labels": node_labels(shape, i), "resourceVersion": existing.metadata.resource_version},
         "spec": {"taints": if taints.is_empty() { Value::Null } else { json!(taints) }},
     })
 }
@@ -410,7 +418,7 @@ mod tests {
     #[test]
     fn node_has_labels_taints_and_ready_status() {
         let s = shape();
-        let n = node_object(&s, "h-1", ts(1000));
+        let n = node_object(&s, 1, ts(1000));
         let l = n.metadata.labels.as_ref().expect("labels");
         assert_eq!(l["kubernetes.io/hostname"], "h-1");
         assert_eq!(l["kubernetes.io/os"], "linux", "well-known labels win over --labels");
@@ -435,9 +443,22 @@ mod tests {
     }
 
     #[test]
+    fn zones_go_round_robin_and_bad_ones_are_refused() {
+        let a = NodeArgs::from_flags(["--hollow", "--kubeconfig", "k", "--name", "h", "--hollow-count", "5", "--zones", "z1,z2"]).expect("flags");
+        let s = Shape::from_args(&a, || unreachable!()).expect("shape");
+        let zones: Vec<String> = (0..5).map(|i| node_object(&s, i, ts(1)).metadata.labels.expect("labels")[ZONE_LABEL].clone()).collect();
+        assert_eq!(zones, ["z1", "z2", "z1", "z2", "z1"]);
+        assert_eq!(node_update_patch(&s, 1, &node_object(&s, 1, ts(1)))["metadata"]["labels"][ZONE_LABEL], "z2");
+        assert!(!node_labels(&shape(), 0).contains_key(ZONE_LABEL), "no --zones, no zone");
+        let bad = NodeArgs::from_flags(["--hollow", "--kubeconfig", "k", "--zones", "ok,not ok"]).expect("flags");
+        let e = Shape::from_args(&bad, || Ok("h".into())).expect_err("a zone with a space");
+        assert!(format!("{e:#}").contains("--zones"), "{e:#}");
+    }
+
+    #[test]
     fn node_status_keeps_transition_times_and_notices_changes() {
         let s = shape();
-        let mut n = node_object(&s, "h-0", ts(1000));
+        let mut n = node_object(&s, 0, ts(1000));
         let later = node_status(&s, "h-0", n.status.as_ref(), ts(2000));
         let ready = later.conditions.iter().flatten().find(|c| c.type_ == "Ready").expect("Ready");
         assert_eq!(ready.last_transition_time, Some(Time(ts(1000))));
@@ -459,7 +480,7 @@ mod tests {
     #[test]
     fn update_patch_keeps_foreign_taints() {
         let s = shape();
-        let mut n = node_object(&s, "h-0", ts(1));
+        let mut n = node_object(&s, 0, ts(1));
         n.metadata.resource_version = Some("42".into());
         n.spec = Some(NodeSpec {
             taints: Some(vec![
@@ -468,7 +489,7 @@ mod tests {
             ]),
             ..Default::default()
         });
-        let p = node_update_patch(&s, &n);
+        let p = node_update_patch(&s, 0, &n);
         assert_eq!(p["metadata"]["resourceVersion"], "42");
         assert_eq!(p["spec"]["taints"], json!([{"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"}, {"key": "t", "value": "v", "effect": "NoSchedule"}]));
     }
