@@ -1,10 +1,11 @@
 //! Stored objects decoded once per process. Every watcher of a resource receives the same
 //! stored versions, and a read-modify-write (a patch, a binding) usually reads the version
 //! that was just written: each version is decoded (or, when it was written here, kept from
-//! the write) once, rather than once per watcher and per read. Entries are keyed by the key
-//! and the revision that wrote that version (the value is stamped with it), so they never go
-//! stale; the oldest are evicted first (one at a time: emptying the whole cache at once made
-//! every watcher decode again, and dropping thousands of values stalled them all).
+//! the write) once, rather than once per watcher and per read. The cache holds objects as
+//! stored, without resourceVersion, keyed by their bytes, so entries never go stale; the
+//! resourceVersion is added on the way out (`with_rv`, `WithRv`). The oldest entries are
+//! evicted first (one at a time: emptying the whole cache at once made every watcher decode
+//! again, and dropping thousands of values stalled them all).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -12,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use raftstore::types::KeyValue;
 use serde_json::Value;
 
-use crate::error::ApiResult;
+use crate::error::{ApiError, ApiResult};
 
 /// Entries of each process-wide cache (decoded objects here, encoded watch lines in watch.rs).
 pub(crate) const ENTRIES: usize = 8192;
@@ -46,29 +47,99 @@ impl<K: std::hash::Hash + Eq + Clone, V: Clone> Fifo<K, V> {
     }
 }
 
-fn values() -> MutexGuard<'static, Fifo<(Vec<u8>, i64), Arc<Value>>> {
-    static VALUES: OnceLock<Mutex<Fifo<(Vec<u8>, i64), Arc<Value>>>> = OnceLock::new();
+/// A decoded object and the exact bytes it was decoded from.
+#[derive(Clone)]
+struct Entry {
+    bytes: Arc<[u8]>,
+    value: Arc<Value>,
+}
+
+/// Keyed by a hash of the stored bytes: decoding is a pure function of them, so an entry can be
+/// put in before the write that stores those bytes has even committed (a watcher may see the
+/// committed write before its writer returns), and a lookup compares the bytes themselves.
+fn values() -> MutexGuard<'static, Fifo<u64, Entry>> {
+    static VALUES: OnceLock<Mutex<Fifo<u64, Entry>>> = OnceLock::new();
     VALUES.get_or_init(|| Mutex::new(Fifo::new())).lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The stored version `kv` as an object with its resourceVersion.
-pub fn decoded(kv: &KeyValue) -> ApiResult<Arc<Value>> {
-    let id = (kv.key.clone(), kv.mod_revision);
-    if let Some(v) = values().get(&id) {
-        return Ok(v);
+fn hash(bytes: &[u8]) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::with_seed(0x6b75_6265_7261_6674).hash_one(bytes)
+}
+
+/// The stored version `kv` as stored, i.e. without its resourceVersion (see `with_rv`).
+pub fn object(kv: &KeyValue) -> ApiResult<Arc<Value>> {
+    let h = hash(&kv.value);
+    if let Some(e) = values().get(&h) {
+        if *e.bytes == kv.value[..] {
+            return Ok(e.value);
+        }
     }
-    let v = Arc::new(crate::store::decode(kv)?);
-    let evicted = values().insert(id, v.clone());
+    let v: Value = serde_json::from_slice(&kv.value).map_err(|e| ApiError::Internal(format!("stored object {} is not JSON: {e}", String::from_utf8_lossy(&kv.key))))?;
+    let v = Arc::new(v);
+    let evicted = values().insert(h, Entry { bytes: kv.value.as_slice().into(), value: v.clone() });
     drop(evicted);
     Ok(v)
 }
 
-/// Keeps `stored`, the value just written to `key` at revision `rev` (as stored: without a
-/// resourceVersion), so that nobody needs to decode that version.
-pub(crate) fn remember(key: &[u8], rev: i64, mut stored: Value) {
-    crate::store::set_rv(&mut stored, rev);
-    let evicted = values().insert((key.to_vec(), rev), Arc::new(stored));
+/// The stored version `kv` with its resourceVersion, as a value of the caller's own.
+pub fn with_rv(kv: &KeyValue) -> ApiResult<Value> {
+    let mut v = Value::clone(&*object(kv)?);
+    crate::store::set_rv(&mut v, kv.mod_revision);
+    Ok(v)
+}
+
+/// Keeps `stored`, the object that `bytes` (about to be written) decode to, so that nobody
+/// needs to decode them.
+pub(crate) fn remember(bytes: &[u8], stored: Value) {
+    let evicted = values().insert(hash(bytes), Entry { bytes: bytes.into(), value: Arc::new(stored) });
     drop(evicted);
+}
+
+/// Serializes an object as stored with `resourceVersion` set in its metadata, without copying
+/// it (None: as it is).
+pub struct WithRv<'a> {
+    pub obj: &'a Value,
+    pub rv: Option<i64>,
+}
+
+impl serde::Serialize for WithRv<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let (Some(rv), Some(map)) = (self.rv, self.obj.as_object()) else { return self.obj.serialize(s) };
+        let mut m = s.serialize_map(Some(map.len()))?;
+        for (k, v) in map {
+            match v.as_object() {
+                Some(meta) if k == "metadata" => m.serialize_entry(k, &MetaWithRv { meta, rv: rv.to_string() })?,
+                _ => m.serialize_entry(k, v)?,
+            }
+        }
+        m.end()
+    }
+}
+
+struct MetaWithRv<'a> {
+    meta: &'a serde_json::Map<String, Value>,
+    rv: String,
+}
+
+impl serde::Serialize for MetaWithRv<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let had = self.meta.contains_key("resourceVersion");
+        let mut m = s.serialize_map(Some(self.meta.len() + usize::from(!had)))?;
+        for (k, v) in self.meta {
+            if k == "resourceVersion" {
+                m.serialize_entry(k, &self.rv)?;
+            } else {
+                m.serialize_entry(k, v)?;
+            }
+        }
+        if !had {
+            m.serialize_entry("resourceVersion", &self.rv)?;
+        }
+        m.end()
+    }
 }
 
 #[cfg(test)]
@@ -82,21 +153,42 @@ mod tests {
     #[test]
     fn a_version_written_here_is_served_as_decoding_it_would_be() {
         let stored = serde_json::json!({"metadata": {"name": "a"}, "spec": {"x": 1.5, "y": [1, "two"]}});
-        remember(b"/t/written", 7, stored.clone());
-        // The bytes differ from what was remembered: what comes back is the remembered value,
-        // which must equal what decoding the stored bytes gives.
-        let from_cache = decoded(&kv("/t/written", 7, r#"{"metadata":{"name":"a"},"spec":{"x":1.5,"y":[1,"two"]}}"#)).expect("decoded");
-        let fresh = crate::store::decode(&kv("/t/other", 7, &serde_json::to_string(&stored).expect("json"))).expect("decoded");
-        assert_eq!(*from_cache, fresh);
-        assert_eq!(from_cache["metadata"]["resourceVersion"], "7");
+        let bytes = serde_json::to_vec(&stored).expect("json");
+        remember(&bytes, stored.clone());
+        let from_cache = object(&kv("/t/written", 7, std::str::from_utf8(&bytes).expect("utf8"))).expect("decoded");
+        assert!(Arc::ptr_eq(&from_cache, &object(&kv("/t/written", 7, std::str::from_utf8(&bytes).expect("utf8"))).expect("decoded")));
+        assert_eq!(*from_cache, stored);
+        let v = with_rv(&kv("/t/written", 7, std::str::from_utf8(&bytes).expect("utf8"))).expect("decoded");
+        assert_eq!(v["metadata"]["resourceVersion"], "7");
+        assert_eq!(v, crate::store::decode(&kv("/t/written", 7, std::str::from_utf8(&bytes).expect("utf8"))).expect("decoded"));
     }
 
     #[test]
-    fn versions_are_told_apart_by_revision_and_bad_json_is_an_error() {
-        let a = decoded(&kv("/t/k", 1, r#"{"metadata":{},"v":1}"#)).expect("decoded");
-        let b = decoded(&kv("/t/k", 2, r#"{"metadata":{},"v":2}"#)).expect("decoded");
+    fn other_bytes_are_other_objects_and_bad_json_is_an_error() {
+        let a = object(&kv("/t/k", 1, r#"{"metadata":{},"v":1}"#)).expect("decoded");
+        let b = object(&kv("/t/k", 2, r#"{"metadata":{},"v":2}"#)).expect("decoded");
         assert_eq!((a["v"].as_i64(), b["v"].as_i64()), (Some(1), Some(2)));
-        assert!(decoded(&kv("/t/bad", 1, "{not json")).is_err());
+        // What was remembered for some bytes is never served for others.
+        remember(br#"{"v":3}"#, serde_json::json!({"v": 3}));
+        assert_eq!(object(&kv("/t/k", 3, r#"{"v":4}"#)).expect("decoded")["v"], 4);
+        assert!(object(&kv("/t/bad", 1, "{not json")).is_err());
+    }
+
+    #[test]
+    fn with_rv_serializes_as_setting_the_resource_version_would() {
+        for obj in [
+            serde_json::json!({"kind": "Pod", "metadata": {"name": "a", "uid": "u"}, "spec": {}}),
+            serde_json::json!({"kind": "Pod", "metadata": {"name": "a", "resourceVersion": "3"}}),
+            serde_json::json!({"kind": "Pod"}),
+            serde_json::json!([1, 2]),
+        ] {
+            let mut expected = obj.clone();
+            crate::store::set_rv(&mut expected, 42);
+            let out: Value = serde_json::from_slice(&serde_json::to_vec(&WithRv { obj: &obj, rv: Some(42) }).expect("json")).expect("json");
+            assert_eq!(out, expected);
+            let same: Value = serde_json::from_slice(&serde_json::to_vec(&WithRv { obj: &obj, rv: None }).expect("json")).expect("json");
+            assert_eq!(same, obj);
+        }
     }
 
     #[test]

@@ -229,7 +229,7 @@ impl Store {
         let req = RangeRequest { key: key.to_vec(), revision: at, ..Default::default() };
         let (resp, _) = self.replica.range(&req, true).await?;
         match resp.kvs.into_iter().next() {
-            Some(kv) => Ok(Some((Value::clone(&*crate::decoded::decoded(&kv)?), kv))),
+            Some(kv) => Ok(Some((crate::decoded::with_rv(&kv)?, kv))),
             None => Ok(None),
         }
     }
@@ -314,6 +314,8 @@ impl Store {
     pub async fn create(&self, key: &[u8], obj: &Value, extra: Vec<(Vec<u8>, Vec<u8>)>, guards: Vec<Guard>) -> ApiResult<Created> {
         let mut compare = vec![Compare { key: key.to_vec(), range_end: vec![], result: CompareResult::Equal, target: CompareTarget::Create(0) }];
         let (stored, bytes) = stored_form(obj)?;
+        // Before the write: its watchers may see it committed before this call returns.
+        crate::decoded::remember(&bytes, stored);
         let mut success = vec![Op::Put(PutRequest { key: key.to_vec(), value: bytes, ..Default::default() })];
         for (k, v) in extra {
             compare.push(Compare { key: k.clone(), range_end: vec![], result: CompareResult::Equal, target: CompareTarget::Create(0) });
@@ -329,7 +331,6 @@ impl Store {
         let failure = vec![Op::Range(RangeRequest { key: key.to_vec(), keys_only: true, ..Default::default() })];
         let (rev, r) = self.txn(TxnRequest { compare, success, failure }).await?;
         if r.succeeded {
-            crate::decoded::remember(key, rev, stored);
             return Ok(Created::Done(rev));
         }
         let exists = matches!(r.responses.first(), Some(OpResponse::Range(rr)) if !rr.kvs.is_empty());
@@ -345,6 +346,8 @@ impl Store {
     pub async fn update_guarded(&self, key: &[u8], expected: i64, obj: &Value, guards: Vec<Guard>) -> ApiResult<Option<i64>> {
         let mut compare = vec![Compare { key: key.to_vec(), range_end: vec![], result: CompareResult::Equal, target: CompareTarget::Mod(expected) }];
         let (stored, bytes) = stored_form(obj)?;
+        // Before the write: its watchers may see it committed before this call returns.
+        crate::decoded::remember(&bytes, stored);
         let mut success = vec![Op::Put(PutRequest { key: key.to_vec(), value: bytes, ..Default::default() })];
         for g in guards {
             if let Some(rev) = g.revision {
@@ -353,9 +356,6 @@ impl Store {
             success.push(Op::Put(PutRequest { key: g.key, value: encode(&g.value)?, ..Default::default() }));
         }
         let (rev, r) = self.txn(TxnRequest { compare, success, failure: vec![] }).await?;
-        if r.succeeded {
-            crate::decoded::remember(key, rev, stored);
-        }
         Ok(r.succeeded.then_some(rev))
     }
 

@@ -38,43 +38,48 @@ fn lines() -> MutexGuard<'static, Fifo<(Vec<u8>, i64, &'static str), Bytes>> {
     LINES.get_or_init(|| Mutex::new(Fifo::new())).lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The stored version `kv` as an object with its resourceVersion (None if it is not JSON).
+/// The stored version `kv` as stored, without its resourceVersion (None if it is not JSON).
 fn decoded(kv: &KeyValue) -> Option<Arc<Value>> {
-    crate::decoded::decoded(kv).ok()
+    crate::decoded::object(kv).ok()
 }
 
 impl Encoder {
-    /// The event line for `obj`, the version of `key` stamped with `rev`: encoded once for all
-    /// plain watchers (Table watchers differ per watcher).
+    /// The event line for `obj` (as stored), the version of `key` stamped with `rev`: encoded
+    /// once for all plain watchers (Table watchers differ per watcher).
     fn shared_event(&mut self, ty: &'static str, key: &[u8], rev: i64, obj: &Value) -> Bytes {
         if self.table {
-            return self.event(ty, obj);
+            return self.event(ty, obj, Some(rev));
         }
         let id = (key.to_vec(), rev, ty);
         if let Some(b) = lines().get(&id) {
             return b;
         }
-        let b = self.event(ty, obj);
+        let b = self.event(ty, obj, Some(rev));
         let evicted = lines().insert(id, b.clone());
         drop(evicted);
         b
     }
 
-    fn event(&mut self, ty: &str, obj: &Value) -> Bytes {
+    /// The event line for `obj`, with resourceVersion `rv` (None: `obj` has its own).
+    fn event(&mut self, ty: &str, obj: &Value, rv: Option<i64>) -> Bytes {
         /// Borrows the object: the line is written without copying it first.
         #[derive(serde::Serialize)]
-        struct Line<'a> {
+        struct Line<'a, T: serde::Serialize> {
             #[serde(rename = "type")]
             ty: &'a str,
-            object: &'a Value,
+            object: T,
         }
         if self.table {
+            let mut obj = obj.clone();
+            if let Some(rv) = rv {
+                crate::store::set_rv(&mut obj, rv);
+            }
             let rv = obj["metadata"]["resourceVersion"].as_str().unwrap_or("").to_string();
-            let t = crate::rest::table_of(&self.res, std::slice::from_ref(obj), &rv, None, &self.include_object, !self.headers_sent);
+            let t = crate::rest::table_of(&self.res, std::slice::from_ref(&obj), &rv, None, &self.include_object, !self.headers_sent);
             self.headers_sent = true;
             return line(&Line { ty, object: &t });
         }
-        line(&Line { ty, object: obj })
+        line(&Line { ty, object: crate::decoded::WithRv { obj, rv } })
     }
 
     fn bookmark(&self, rev: i64) -> Bytes {
@@ -149,7 +154,7 @@ impl Api {
         tokio::spawn(async move {
             let _guard = scopeguard(metrics);
             for obj in &initial {
-                if tx.send(enc.event("ADDED", obj)).await.is_err() {
+                if tx.send(enc.event("ADDED", obj, None)).await.is_err() {
                     return;
                 }
             }
@@ -252,9 +257,7 @@ fn convert(enc: &mut Encoder, e: &Event, selective: bool, matches: &impl Fn(&Val
                 return None;
             }
             // The last version, stamped with the deleting revision.
-            let mut last = (*prev).clone();
-            crate::store::set_rv(&mut last, e.kv.mod_revision);
-            Some(enc.shared_event("DELETED", &e.kv.key, e.kv.mod_revision, &last))
+            Some(enc.shared_event("DELETED", &e.kv.key, e.kv.mod_revision, &prev))
         }
     }
 }
