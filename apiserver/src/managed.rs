@@ -957,16 +957,21 @@ fn is_reset(v: Option<&Value>) -> bool {
 /// upstream, managedFields written in `new` replace the old ones (for main
 /// resource writes), and `[]` or `[{}]` resets them. Empty `manager` means no
 /// tracking: `new` comes back with `old`'s managedFields.
-pub fn track_update(
+pub fn track_update(kind: &str, old: Option<&Value>, new: &Value, manager: &str, api_version: &str, subresource: &str, now: &str) -> Value {
+    track_update_owned(kind, old, new.clone(), manager, api_version, subresource, now)
+}
+
+/// track_update() on an object the caller gives up (no copy of it is made).
+pub fn track_update_owned(
     kind: &str,
     old: Option<&Value>,
-    new: &Value,
+    new: Value,
     manager: &str,
     api_version: &str,
     subresource: &str,
     now: &str,
 ) -> Value {
-    let mut out = new.clone();
+    let mut out = new;
     if manager.is_empty() {
         if let Some(o) = old {
             set_managed_fields(&mut out, decode_entries(managed_fields_of(o)));
@@ -980,7 +985,7 @@ pub fn track_update(
     let empty = Value::Object(Map::new());
     let old_obj = old.filter(|o| o.is_object()).unwrap_or(&empty);
 
-    let written = managed_fields_of(new);
+    let written = managed_fields_of(&out);
     let mut entries = if !subresource.is_empty() {
         decode_entries(managed_fields_of(old_obj))
     } else if is_reset(written) {
@@ -994,7 +999,7 @@ pub fn track_update(
         }
     };
 
-    let (changed, removed) = compare(kind, old_obj, new, ignore_status);
+    let (changed, removed) = compare(kind, old_obj, &out, ignore_status);
     let self_idx = entries.iter().position(|e| e.is(manager, UPDATE, api_version, subresource));
     for (i, e) in entries.iter_mut().enumerate() {
         e.set = e.set.difference(&removed);

@@ -410,7 +410,7 @@ impl Api {
         crate::node_authz::admit_node_create(&req.user, &t.res, &obj)?;
         crate::server::check_escalation(self, &req.user, &t.res, &obj).await?;
         let manager = field_manager(req);
-        let obj = crate::managed::track_update(&t.res.kind, None, &obj, &manager, &t.res.api_version(), "", &now_rfc3339());
+        let obj = crate::managed::track_update_owned(&t.res.kind, None, obj, &manager, &t.res.api_version(), "", &now_rfc3339());
         let stored = self.create_object(t, obj, dry).await?;
         Ok(Reply::code(201, stored).with_warnings(warnings))
     }
@@ -469,7 +469,7 @@ impl Api {
             return Err(ApiError::BadRequest(format!("the body of the request is not a {} object", res.kind)));
         }
         {
-            let om = meta(old).clone();
+            let om = meta(old);
             let m = meta_mut(&mut new);
             match m.get("name").and_then(Value::as_str) {
                 None | Some("") => {
@@ -519,10 +519,8 @@ impl Api {
             Some(BINDING) => {}
             Some("status") => {
                 // Only status changes; everything else stays as stored.
-                let status = new.get("status").cloned();
-                let labels = meta(&new)["labels"].clone();
-                let annotations = meta(&new)["annotations"].clone();
-                let mf = meta(&new)["managedFields"].clone();
+                let status = new.as_object_mut().and_then(|m| m.remove("status"));
+                let mf = meta_mut(&mut new).remove("managedFields").unwrap_or(Value::Null);
                 let mut merged = old.clone();
                 match status {
                     Some(s) => merged["status"] = s,
@@ -532,7 +530,6 @@ impl Api {
                         }
                     }
                 }
-                let _ = (labels, annotations);
                 if !mf.is_null() {
                     meta_mut(&mut merged).insert("managedFields".into(), mf);
                 }
@@ -566,7 +563,7 @@ impl Api {
         if !causes.is_empty() {
             return Err(ApiError::invalid(&res.kind, &res.group, &name, causes));
         }
-        if strategy::tracks_generation(res) && strategy::spec_part(old) != strategy::spec_part(&new) {
+        if strategy::tracks_generation(res) && strategy::spec_differs(old, &new) {
             let g = meta(old)["generation"].as_i64().unwrap_or(0) + 1;
             meta_mut(&mut new).insert("generation".into(), json!(g));
         }
@@ -651,7 +648,7 @@ impl Api {
             let new = self.prepare_update(t, &old, candidate, sub)?;
             crate::server::check_escalation(self, &req.user, &t.res, &new).await?;
             // A binding is not the pod's writer: upstream leaves its managedFields alone.
-            let new = if sub == Some(BINDING) { new } else { crate::managed::track_update(&t.res.kind, Some(&old), &new, &manager, &t.res.api_version(), sub.unwrap_or(""), &now_rfc3339()) };
+            let new = if sub == Some(BINDING) { new } else { crate::managed::track_update_owned(&t.res.kind, Some(&old), new, &manager, &t.res.api_version(), sub.unwrap_or(""), &now_rfc3339()) };
             if let Some(v) = self.write_update(t, &old, kv.mod_revision, new, dry).await? {
                 return Ok((v, 200));
             }

@@ -53,17 +53,14 @@ pub fn tracks_generation(res: &ResourceDef) -> bool {
     )
 }
 
-/// The part of an object that counts as its spec for generation: everything except metadata
-/// and status.
-pub fn spec_part(obj: &Value) -> Value {
-    let mut v = obj.clone();
-    if let Some(m) = v.as_object_mut() {
-        m.remove("metadata");
-        m.remove("status");
-        m.remove("apiVersion");
-        m.remove("kind");
+/// Whether the parts of two objects that count as their spec for generation differ: everything
+/// except metadata, status, apiVersion and kind.
+pub fn spec_differs(a: &Value, b: &Value) -> bool {
+    let spec = |k: &String| !matches!(k.as_str(), "metadata" | "status" | "apiVersion" | "kind");
+    match (a.as_object(), b.as_object()) {
+        (Some(a), Some(b)) => a.keys().filter(|k| spec(k)).count() != b.keys().filter(|k| spec(k)).count() || a.iter().filter(|(k, _)| spec(k)).any(|(k, v)| b.get(k) != Some(v)),
+        _ => a != b,
     }
-    v
 }
 
 fn obj_mut<'a>(v: &'a mut Value, key: &str) -> &'a mut Map<String, Value> {
@@ -680,6 +677,21 @@ pub fn pod_grace(pod: &Value, requested: Option<i64>) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_spec_changes_count_for_generation() {
+        let a = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"}, "spec": {"replicas": 1}, "status": {"replicas": 0}});
+        let mut b = a.clone();
+        b["metadata"]["labels"] = json!({"a": "b"});
+        b["status"]["replicas"] = json!(1);
+        assert!(!spec_differs(&a, &b), "metadata and status are not the spec");
+        b["spec"]["replicas"] = json!(2);
+        assert!(spec_differs(&a, &b));
+        let mut c = a.clone();
+        c["template"] = json!({});
+        assert!(spec_differs(&a, &c) && spec_differs(&c, &a), "a top-level field added or gone");
+        assert!(spec_differs(&json!(1), &json!(2)) && !spec_differs(&json!(1), &json!(1)));
+    }
 
     #[test]
     fn secret_string_data_is_merged_into_data() {
