@@ -1,5 +1,5 @@
 //! The `kube` crate (kube-rs) as a client of three replicas: typed CRUD, merge and server-side
-//! apply patches, the scale subresource, and kube-runtime's watcher.
+//! apply patches, the scale subresource, metadata-only requests, and kube-runtime's watcher.
 
 mod common;
 
@@ -10,6 +10,7 @@ use futures::TryStreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::watcher;
 
 async fn client(c: &Cluster, replica: &str) -> kube::Client {
@@ -83,6 +84,44 @@ async fn kube_rs_crud_patch_apply_scale_and_watcher_work() {
     let scale = deps.patch_scale("rs-web", &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"replicas": 3}}))).await.expect("scale");
     assert_eq!(scale.spec.and_then(|s| s.replicas), Some(3));
     assert_eq!(deps.get("rs-web").await.expect("get").spec.and_then(|s| s.replicas), Some(3));
+
+    // Metadata only (PartialObjectMetadata), as metadata informers and garbage collectors read.
+    let metas: Api<PartialObjectMeta<ConfigMap>> = Api::namespaced(cl.clone(), "default");
+    let meta_events = tokio::spawn({
+        let metas = metas.clone();
+        async move {
+            let mut seen = Vec::new();
+            let mut stream = std::pin::pin!(watcher(metas, watcher::Config::default().labels("meta=only")));
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, stream.try_next()).await.unwrap_or(Ok(None)) {
+                if let watcher::Event::Apply(m) = ev {
+                    let kind = m.types.map(|t| t.kind).unwrap_or_default();
+                    seen.push(format!("{kind}:{}:{}", m.metadata.name.unwrap_or_default(), m.metadata.labels.unwrap_or_default().get("v").cloned().unwrap_or_default()));
+                    if seen.len() == 2 {
+                        break;
+                    }
+                }
+            }
+            seen
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let cm: ConfigMap = serde_json::from_value(serde_json::json!({"metadata": {"name": "meta", "labels": {"meta": "only", "v": "1"}}, "data": {"big": "x".repeat(4096)}})).expect("cm");
+    cms.create(&PostParams::default(), &cm).await.expect("create");
+    cms.patch("meta", &PatchParams::default(), &Patch::Merge(serde_json::json!({"metadata": {"labels": {"v": "2"}}}))).await.expect("label");
+    let m = cms.get_metadata("meta").await.expect("get metadata");
+    assert_eq!(m.types.as_ref().map(|t| (t.kind.as_str(), t.api_version.as_str())), Some(("PartialObjectMetadata", "meta.k8s.io/v1")));
+    assert!(m.metadata.uid.is_some() && m.metadata.resource_version.is_some());
+    let list = cms.list_metadata(&ListParams::default().labels("meta=only")).await.expect("list metadata");
+    assert_eq!(list.items.iter().map(|i| i.metadata.name.clone().unwrap_or_default()).collect::<Vec<_>>(), vec!["meta".to_string()]);
+    assert_eq!(list.items[0].metadata.resource_version, m.metadata.resource_version);
+    assert_eq!(meta_events.await.expect("metadata watcher"), vec!["PartialObjectMetadata:meta:1".to_string(), "PartialObjectMetadata:meta:2".to_string()]);
+    // The same request by hand: no data, only metadata.
+    let req = http::Request::get("/api/v1/namespaces/default/configmaps/meta").header("accept", "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1").body(Vec::new()).expect("request");
+    let raw: serde_json::Value = cl.request(req).await.expect("raw get");
+    assert!(raw.get("data").is_none(), "{raw}");
+    assert_eq!(raw["metadata"]["labels"]["v"], "2");
+
     let missing = cms.get("nope").await.expect_err("missing");
     match missing {
         kube::Error::Api(s) => assert_eq!(s.code, 404),

@@ -96,10 +96,10 @@ impl Api {
         let sa_name = pod["spec"]["serviceAccountName"].as_str().unwrap_or("default").to_string();
         let cat = self.catalog.get();
         let sa = match cat.lookup("", "v1", "serviceaccounts") {
-            Some(r) => self.store.get(&crate::store::object_key(&r, t.ns.as_deref(), &sa_name), Freshness::Any).await?.map(|(v, _)| v),
+            Some(r) => self.store.get_shared(&crate::store::object_key(&r, t.ns.as_deref(), &sa_name), Freshness::Any).await?.map(|(v, _)| v),
             None => None,
         };
-        inject_service_account_volume(pod, sa.as_ref());
+        inject_service_account_volume(pod, sa.as_deref());
         Ok(())
     }
 
@@ -112,12 +112,12 @@ impl Api {
         let cat = self.catalog.get();
         let Some(lr) = cat.lookup("", "v1", "limitranges") else { return Ok(()) };
         let (start, end) = collection_range(&lr, t.ns.as_deref());
-        let page = self.store.list(&start, &end, Freshness::Any, 0, &|_| true).await?;
-        if page.items.is_empty() {
+        let ranges = self.store.list_shared(&start, &end, Freshness::Any).await?;
+        if ranges.is_empty() {
             return Ok(());
         }
         let name = t.name.clone().unwrap_or_default();
-        for (range, _) in &page.items {
+        for (range, _) in &ranges {
             for item in range["spec"]["limits"].as_array().into_iter().flatten().filter(|i| i["type"] == "Container") {
                 let default_lim = item["default"].as_object().cloned().unwrap_or_default();
                 let mut default_req = item["defaultRequest"].as_object().cloned().unwrap_or_default();
@@ -192,11 +192,11 @@ impl Api {
         let class_name = obj["spec"]["priorityClassName"].as_str().unwrap_or("").to_string();
         let class = if class_name.is_empty() {
             let (start, end) = collection_range(&pcs, None);
-            let all = self.store.list(&start, &end, Freshness::Any, 0, &|_| true).await?;
+            let all = self.store.list_shared(&start, &end, Freshness::Any).await?;
             // Several defaults can only come from a race: upstream picks the lowest value.
-            all.items.into_iter().map(|(pc, _)| pc).filter(|pc| pc["globalDefault"].as_bool() == Some(true)).min_by_key(|pc| pc["value"].as_i64().unwrap_or(0))
+            all.into_iter().map(|(pc, _)| pc).filter(|pc| pc["globalDefault"].as_bool() == Some(true)).min_by_key(|pc| pc["value"].as_i64().unwrap_or(0))
         } else {
-            match self.store.get(&crate::store::object_key(&pcs, None, &class_name), Freshness::Any).await? {
+            match self.store.get_shared(&crate::store::object_key(&pcs, None, &class_name), Freshness::Any).await? {
                 Some((pc, _)) => Some(pc),
                 None => return Err(self.forbidden_pod(t, &name, format!("no PriorityClass with name {class_name} was found"))),
             }
@@ -264,9 +264,8 @@ impl Api {
         // Local reads suffice: a quota's usage is rewritten in the same transaction as every
         // object it counts (the guard below), so if this replica has the quota's latest version it
         // has every object counted in it, and a stale version fails the guard and is retried.
-        let quotas = self.store.list(&start, &end, Freshness::Any, 0, &|_| true).await?;
+        let quotas = self.store.list_shared(&start, &end, Freshness::Any).await?;
         let relevant: Vec<_> = quotas
-            .items
             .into_iter()
             .filter(|(q, _)| q["spec"]["hard"].as_object().map(|h| h.keys().any(|r| counted(&t.res.kind, &t.res.plural, &t.res.group, r))).unwrap_or(false))
             .collect();
@@ -300,7 +299,7 @@ impl Api {
                 let msg = format!("{} \"{name}\" is forbidden: exceeded quota: {qname}, requested: {}, used: {}, limited: {}", t.res.gr(), f(&|e| e.1), f(&|e| e.2), f(&|e| e.3));
                 return Err(ApiError::Forbidden { message: msg, gr: t.res.gr(), name });
             }
-            let mut q = quota.clone();
+            let mut q = Value::clone(&quota);
             q["status"]["hard"] = Value::Object(hard);
             q["status"]["used"] = Value::Object(used);
             guards.push(Guard { key: kv.key.clone(), revision: Some(kv.mod_revision), value: q });

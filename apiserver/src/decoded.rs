@@ -118,6 +118,29 @@ impl serde::Serialize for WithRv<'_> {
     }
 }
 
+/// Serializes an object's metadata as a meta.k8s.io/v1 PartialObjectMetadata, with
+/// `resourceVersion` set (None: as it is).
+pub struct Partial<'a> {
+    pub obj: &'a Value,
+    pub rv: Option<i64>,
+}
+
+impl serde::Serialize for Partial<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(3))?;
+        m.serialize_entry("kind", "PartialObjectMetadata")?;
+        m.serialize_entry("apiVersion", "meta.k8s.io/v1")?;
+        let empty = serde_json::Map::new();
+        let meta = self.obj.get("metadata").and_then(Value::as_object).unwrap_or(&empty);
+        match self.rv {
+            Some(rv) => m.serialize_entry("metadata", &MetaWithRv { meta, rv: rv.to_string() })?,
+            None => m.serialize_entry("metadata", meta)?,
+        }
+        m.end()
+    }
+}
+
 struct MetaWithRv<'a> {
     meta: &'a serde_json::Map<String, Value>,
     rv: String,
@@ -161,6 +184,15 @@ mod tests {
         let v = with_rv(&kv("/t/written", 7, std::str::from_utf8(&bytes).expect("utf8"))).expect("decoded");
         assert_eq!(v["metadata"]["resourceVersion"], "7");
         assert_eq!(v, crate::store::decode(&kv("/t/written", 7, std::str::from_utf8(&bytes).expect("utf8"))).expect("decoded"));
+    }
+
+    #[test]
+    fn partial_object_metadata_carries_the_metadata_and_the_version() {
+        let obj = serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a", "uid": "u"}, "spec": {"x": 1}});
+        let v = serde_json::to_value(Partial { obj: &obj, rv: Some(9) }).expect("json");
+        assert_eq!(v, serde_json::json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": {"name": "a", "uid": "u", "resourceVersion": "9"}}));
+        let bare = serde_json::to_value(Partial { obj: &serde_json::json!({}), rv: None }).expect("json");
+        assert_eq!(bare["metadata"], serde_json::json!({}));
     }
 
     #[test]

@@ -50,7 +50,7 @@ impl Api {
                 }
                 let cat = self.catalog.get();
                 let pods = cat.lookup("", "v1", "pods").ok_or(ApiError::NoRoute)?;
-                let pod = self.store.get(&object_key(&pods, Some(&a.namespace), &a.name), Freshness::Latest).await?;
+                let pod = self.store.get_shared(&object_key(&pods, Some(&a.namespace), &a.name), Freshness::Latest).await?;
                 match pod {
                     Some((p, _)) if p["spec"]["nodeName"].as_str() == Some(node) => Ok(()),
                     Some(_) => Err(deny(a, "can only modify pods bound to it")),

@@ -117,6 +117,87 @@ fn unknown_fields(raw: &Value, typed: &Value, path: &str, out: &mut Vec<String>)
     }
 }
 
+/// A JSON list written from items already encoded.
+fn raw_list(kind: &str, api_version: &str, page: crate::store::ScanPage<Vec<u8>>) -> Reply {
+    let mut md = json!({"resourceVersion": page.revision.to_string()});
+    if let Some(k) = &page.next_key {
+        md["continue"] = json!(encode_continue(page.revision, k));
+    }
+    let total: usize = page.items.iter().map(|i| i.len() + 1).sum();
+    let mut body = Vec::with_capacity(total + 256);
+    body.extend_from_slice(format!("{{\"kind\":{},\"apiVersion\":{},\"metadata\":{md},\"items\":[", json!(kind), json!(api_version)).as_bytes());
+    for (i, item) in page.items.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(item);
+    }
+    body.extend_from_slice(b"]}");
+    Reply::Raw { code: 200, content_type: "application/json", body: bytes::Bytes::from(body), headers: Default::default() }
+}
+
+/// `typed_check` of an object made from `old` (stored, so checked when it was written): only
+/// the top-level fields that differ from it are decoded (a status patch does not decode the
+/// spec). Each top-level field of a built-in type decodes on its own, so this is the same check.
+fn typed_check_changes(res: &ResourceDef, old: &Value, mut obj: Value, mode: Validation) -> ApiResult<(Value, Vec<String>)> {
+    const TYPE: [&str; 2] = ["apiVersion", "kind"];
+    let (Some(_), Some(om), Some(m)) = (res.typed, old.as_object(), obj.as_object_mut()) else { return typed_check(res, obj, None, mode) };
+    let changed: Vec<String> = m.iter().filter(|(k, v)| !TYPE.contains(&k.as_str()) && om.get(*k) != Some(*v)).map(|(k, _)| k.clone()).collect();
+    let mut part = serde_json::Map::new();
+    for k in TYPE {
+        if let Some(v) = m.get(k) {
+            part.insert(k.into(), v.clone());
+        }
+    }
+    for k in &changed {
+        if let Some(v) = m.remove(k) {
+            part.insert(k.clone(), v);
+        }
+    }
+    let (checked, warnings) = typed_check(res, Value::Object(part), None, mode)?;
+    let Value::Object(mut checked) = checked else { return Err(ApiError::Internal("type check returned a non-object".into())) };
+    // What the check dropped (unknown fields) stays dropped; what it did not look at is old's.
+    for k in changed.into_iter().chain(TYPE.iter().map(|k| k.to_string())) {
+        if let Some(v) = checked.remove(&k) {
+            m.insert(k, v);
+        }
+    }
+    Ok((obj, warnings))
+}
+
+/// A status write: `new` keeps its status (and managedFields, if it has them) and everything
+/// else as `old` has it. Fields are compared before they are copied: they rarely differ.
+fn keep_all_but_status(old: &Value, new: &mut Value) {
+    let (Some(om), Some(nm)) = (old.as_object(), new.as_object_mut()) else {
+        let status = new.get("status").cloned();
+        *new = old.clone();
+        match (status, new.as_object_mut()) {
+            (Some(s), Some(m)) => {
+                m.insert("status".into(), s);
+            }
+            (None, Some(m)) => {
+                m.remove("status");
+            }
+            _ => {}
+        }
+        return;
+    };
+    let mf = nm.get_mut("metadata").and_then(Value::as_object_mut).and_then(|m| m.remove("managedFields")).filter(|v| !v.is_null());
+    nm.retain(|k, _| k == "status" || om.contains_key(k));
+    for (k, ov) in om.iter().filter(|(k, _)| *k != "status") {
+        match nm.get_mut(k) {
+            Some(nv) if nv == ov => {}
+            Some(nv) => *nv = ov.clone(),
+            None => {
+                nm.insert(k.clone(), ov.clone());
+            }
+        }
+    }
+    if let Some(mf) = mf {
+        meta_mut(new).insert("managedFields".into(), mf);
+    }
+}
+
 /// Checks apiVersion/kind, then decodes into the kind's type (normalizing it) and applies
 /// fieldValidation. Returns the normalized object and warnings.
 fn typed_check(res: &ResourceDef, mut obj: Value, raw_body: Option<&[u8]>, mode: Validation) -> ApiResult<(Value, Vec<String>)> {
@@ -203,6 +284,11 @@ impl Api {
             Some("0") => Freshness::Any,
             Some(rv) => Freshness::NotOlderThan(parse_rv(rv)?),
         };
+        if req.wants_metadata() && !req.wants_table() {
+            let (obj, kv) = self.store.get_shared(&t.key(), fresh).await?.ok_or_else(|| t.not_found())?;
+            let body = serde_json::to_vec(&crate::decoded::Partial { obj: &obj, rv: Some(kv.mod_revision) }).map_err(|e| ApiError::Internal(e.to_string()))?;
+            return Ok(Reply::Raw { code: 200, content_type: "application/json", body: bytes::Bytes::from(body), headers: Default::default() });
+        }
         let (obj, _) = self.store.get(&t.key(), fresh).await?.ok_or_else(|| t.not_found())?;
         if req.wants_table() {
             let rv = meta(&obj)["resourceVersion"].as_str().unwrap_or("").to_string();
@@ -267,6 +353,18 @@ impl Api {
             let items: Vec<Value> = page.items.into_iter().map(|(v, _)| v).collect();
             return Ok(Reply::ok(table_of(&t.res, &items, &rv, cont.as_deref(), &include, true)));
         }
+        let (list_kind, list_version) = if req.wants_metadata() { ("PartialObjectMetadataList".to_string(), "meta.k8s.io/v1".to_string()) } else { (t.res.list_kind.clone(), t.res.api_version()) };
+        if req.wants_metadata() {
+            let pick = |kv: &KeyValue| -> ApiResult<Option<Vec<u8>>> {
+                let obj = crate::decoded::object(kv)?;
+                if !(ls.matches_object(&obj) && fs.matches(&obj)) {
+                    return Ok(None);
+                }
+                serde_json::to_vec(&crate::decoded::Partial { obj: &obj, rv: Some(kv.mod_revision) }).map(Some).map_err(|e| ApiError::Internal(e.to_string()))
+            };
+            let page = self.store.scan(&start, &end, fresh, limit, &pick).await.map_err(gone)?;
+            return Ok(raw_list(&list_kind, &list_version, page));
+        }
         // The JSON list is written from the stored bytes: objects are decoded only as far as
         // the selectors need (labels and names from a light decode, other fields in full).
         let metadata_only = fs.check_supported(&[]).is_ok();
@@ -288,21 +386,7 @@ impl Api {
             }
         };
         let page = self.store.scan(&start, &end, fresh, limit, &pick).await.map_err(gone)?;
-        let mut md = json!({"resourceVersion": page.revision.to_string()});
-        if let Some(k) = &page.next_key {
-            md["continue"] = json!(encode_continue(page.revision, k));
-        }
-        let total: usize = page.items.iter().map(|i| i.len() + 1).sum();
-        let mut body = Vec::with_capacity(total + 256);
-        body.extend_from_slice(format!("{{\"kind\":{},\"apiVersion\":{},\"metadata\":{md},\"items\":[", json!(t.res.list_kind), json!(t.res.api_version())).as_bytes());
-        for (i, item) in page.items.iter().enumerate() {
-            if i > 0 {
-                body.push(b',');
-            }
-            body.extend_from_slice(item);
-        }
-        body.extend_from_slice(b"]}");
-        Ok(Reply::Raw { code: 200, content_type: "application/json", body: bytes::Bytes::from(body), headers: Default::default() })
+        Ok(raw_list(&list_kind, &list_version, page))
     }
 
     // ------------------------------------------------------------------ create
@@ -314,9 +398,9 @@ impl Api {
         // The local state first (cheap); a miss may only mean this replica lags behind a
         // namespace just created through another one, so confirm it with a linearizable read.
         let key = object_key(&nsres, None, ns);
-        let found = match self.store.get(&key, Freshness::Any).await? {
+        let found = match self.store.get_shared(&key, Freshness::Any).await? {
             Some(x) => Some(x),
-            None => self.store.get(&key, Freshness::Latest).await?,
+            None => self.store.get_shared(&key, Freshness::Latest).await?,
         };
         match found {
             None => Err(ApiError::NotFound { gr: nsres.gr(), name: ns.into() }),
@@ -517,24 +601,8 @@ impl Api {
             // pods/binding: the server's own change of spec.nodeName and the PodScheduled
             // condition, one write as upstream's assignPod makes it.
             Some(BINDING) => {}
-            Some("status") => {
-                // Only status changes; everything else stays as stored.
-                let status = new.as_object_mut().and_then(|m| m.remove("status"));
-                let mf = meta_mut(&mut new).remove("managedFields").unwrap_or(Value::Null);
-                let mut merged = old.clone();
-                match status {
-                    Some(s) => merged["status"] = s,
-                    None => {
-                        if let Some(m) = merged.as_object_mut() {
-                            m.remove("status");
-                        }
-                    }
-                }
-                if !mf.is_null() {
-                    meta_mut(&mut merged).insert("managedFields".into(), mf);
-                }
-                new = merged;
-            }
+            // Only status changes; everything else stays as stored.
+            Some("status") => keep_all_but_status(old, &mut new),
             _ => {
                 if res.has_sub("status") {
                     match old.get("status") {
@@ -575,10 +643,13 @@ impl Api {
     async fn write_update(&self, t: &Target, old: &Value, rev: i64, mut new: Value, dry: bool) -> ApiResult<Option<Value>> {
         if same_but_versions(old, &new) {
             // Nothing changed: no write, same resourceVersion (as Kubernetes does).
-            return Ok(Some(old.clone()));
+            let mut same = old.clone();
+            crate::store::set_rv(&mut same, rev);
+            return Ok(Some(same));
         }
         let finalizers_empty = meta(&new)["finalizers"].as_array().map(|a| a.is_empty()).unwrap_or(true);
         if dry {
+            crate::store::set_rv(&mut new, rev);
             return Ok(Some(new));
         }
         if meta(&new).get("deletionTimestamp").is_some() && finalizers_empty && self.graceful_done(t, &new) && !spec_finalizers_block(&t.res, &new) {
@@ -638,18 +709,20 @@ impl Api {
         let key = t.key();
         let manager = field_manager(req);
         for _ in 0..MAX_RETRIES {
-            let (old, kv) = self.store.get(&key, Freshness::Latest).await?.ok_or_else(|| t.not_found())?;
+            // `old` is the object as stored, without its resourceVersion (kv.mod_revision).
+            let (old, kv) = self.store.get_shared(&key, Freshness::Latest).await?.ok_or_else(|| t.not_found())?;
+            let old = &*old;
             if let Some(p) = precondition {
                 if p != kv.mod_revision {
                     return Err(t.conflict(MODIFIED));
                 }
             }
-            let candidate = change(&old)?;
-            let new = self.prepare_update(t, &old, candidate, sub)?;
+            let candidate = change(old)?;
+            let new = self.prepare_update(t, old, candidate, sub)?;
             crate::server::check_escalation(self, &req.user, &t.res, &new).await?;
             // A binding is not the pod's writer: upstream leaves its managedFields alone.
-            let new = if sub == Some(BINDING) { new } else { crate::managed::track_update_owned(&t.res.kind, Some(&old), new, &manager, &t.res.api_version(), sub.unwrap_or(""), &now_rfc3339()) };
-            if let Some(v) = self.write_update(t, &old, kv.mod_revision, new, dry).await? {
+            let new = if sub == Some(BINDING) { new } else { crate::managed::track_update_owned(&t.res.kind, Some(old), new, &manager, &t.res.api_version(), sub.unwrap_or(""), &now_rfc3339()) };
+            if let Some(v) = self.write_update(t, old, kv.mod_revision, new, dry).await? {
                 return Ok((v, 200));
             }
             if precondition.is_some() {
@@ -713,7 +786,7 @@ impl Api {
                     crate::patch::PatchError::Malformed(m) => ApiError::BadRequest(m),
                     crate::patch::PatchError::Failed(m) => ApiError::invalid(&res.kind, &res.group, t.name.as_deref().unwrap_or(""), vec![Cause { reason: "FieldValueInvalid", field: String::new(), message: m }]),
                 })?;
-                let (checked, w) = typed_check(&res, cur, None, mode)?;
+                let (checked, w) = typed_check_changes(&res, old, cur, mode)?;
                 if let Ok(mut g) = warnings.lock() {
                     *g = w;
                 }
@@ -1133,6 +1206,53 @@ mod tests {
         ] {
             assert!(!same_but_versions(&old, &changed), "{changed}");
         }
+    }
+
+    fn pods() -> ResourceDef {
+        crate::catalog::Catalog::new().get().lookup("", "v1", "pods").expect("pods").as_ref().clone()
+    }
+
+    #[test]
+    fn checking_only_the_changed_fields_finds_what_a_full_check_finds() {
+        let res = pods();
+        let old = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "d"}, "spec": {"containers": [{"name": "c", "image": "i"}]}, "status": {"phase": "Pending"}});
+        // A status change: checked, unknown fields dropped (with a warning), the rest untouched.
+        let mut new = old.clone();
+        new["status"] = json!({"phase": "Running", "bogus": 1, "conditions": [{"type": "Ready", "status": "True"}]});
+        let (part, pw) = typed_check_changes(&res, &old, new.clone(), Validation::Warn).expect("valid");
+        let (full, fw) = typed_check(&res, new, None, Validation::Warn).expect("valid");
+        assert_eq!(part, full);
+        assert_eq!(pw, fw);
+        assert!(part["status"].get("bogus").is_none());
+        assert_eq!(part["spec"], old["spec"]);
+        // A wrong type in a changed field is refused; a removed field is just gone.
+        let mut bad = old.clone();
+        bad["status"]["phase"] = json!(3);
+        assert!(matches!(typed_check_changes(&res, &old, bad, Validation::Warn), Err(ApiError::BadRequest(_))));
+        let mut gone = old.clone();
+        gone.as_object_mut().expect("object").remove("status");
+        let (g, _) = typed_check_changes(&res, &old, gone, Validation::Warn).expect("valid");
+        assert!(g.get("status").is_none());
+        // Strict mode refuses unknown fields in what changed; the kind is still checked.
+        let mut strict = old.clone();
+        strict["metadata"]["labels"] = json!({"a": "b"});
+        strict["spec"]["bogus"] = json!(true);
+        assert!(typed_check_changes(&res, &old, strict, Validation::Strict).is_err());
+        let mut kind = old.clone();
+        kind["kind"] = json!("Service");
+        assert!(typed_check_changes(&res, &old, kind, Validation::Warn).is_err());
+    }
+
+    #[test]
+    fn a_status_write_keeps_everything_but_status_and_managed_fields() {
+        let old = json!({"metadata": {"name": "p", "labels": {"a": "b"}, "managedFields": [{"manager": "old"}]}, "spec": {"x": 1}, "status": {"s": 1}});
+        let mut new = json!({"metadata": {"name": "p", "labels": {"a": "CHANGED"}, "managedFields": [{"manager": "new"}]}, "spec": {"x": 2}, "status": {"s": 2}, "extra": 1});
+        keep_all_but_status(&old, &mut new);
+        assert_eq!(new, json!({"metadata": {"name": "p", "labels": {"a": "b"}, "managedFields": [{"manager": "new"}]}, "spec": {"x": 1}, "status": {"s": 2}}));
+        // No managedFields given: the stored ones stay; no status given: none is kept.
+        let mut bare = json!({"metadata": {"name": "p"}, "spec": {"x": 1}});
+        keep_all_but_status(&old, &mut bare);
+        assert_eq!(bare, json!({"metadata": {"name": "p", "labels": {"a": "b"}, "managedFields": [{"manager": "old"}]}, "spec": {"x": 1}}));
     }
 
     #[test]

@@ -234,6 +234,19 @@ impl Store {
         }
     }
 
+    /// The object as stored (without its resourceVersion: that is the kv's mod revision),
+    /// shared with the decoded-object cache: for readers that only look at it, and writers that
+    /// build a new version from it, no copy of the whole object.
+    pub async fn get_shared(&self, key: &[u8], fresh: Freshness) -> ApiResult<Option<(Arc<Value>, KeyValue)>> {
+        let at = self.ensure(fresh).await?;
+        let req = RangeRequest { key: key.to_vec(), revision: at, ..Default::default() };
+        let (resp, _) = self.replica.range(&req, true).await?;
+        match resp.kvs.into_iter().next() {
+            Some(kv) => Ok(Some((crate::decoded::object(&kv)?, kv))),
+            None => Ok(None),
+        }
+    }
+
     /// One page of a collection, filtered by `keep`. Reads batches until `limit` matching items
     /// are found (0 = no limit) so that filtering never returns short pages needlessly.
     pub async fn list(&self, start: &[u8], end: &[u8], fresh: Freshness, limit: usize, keep: &(dyn Fn(&Value) -> bool + Sync)) -> ApiResult<Page> {
@@ -243,6 +256,12 @@ impl Store {
         };
         let p = self.scan(start, end, fresh, limit, &pick).await?;
         Ok(Page { items: p.items, revision: p.revision, next_key: p.next_key, remaining: None })
+    }
+
+    /// Every object of a key range as stored (see `get_shared`), for readers that only look.
+    pub async fn list_shared(&self, start: &[u8], end: &[u8], fresh: Freshness) -> ApiResult<Vec<(Arc<Value>, KeyValue)>> {
+        let pick = |kv: &KeyValue| -> ApiResult<Option<(Arc<Value>, KeyValue)>> { Ok(Some((crate::decoded::object(kv)?, kv.clone()))) };
+        Ok(self.scan(start, end, fresh, 0, &pick).await?.items)
     }
 
     /// The paging loop under `list`: `pick` maps each stored kv to an item or skips it.

@@ -27,14 +27,16 @@ struct Encoder {
     kind: String,
     api_version: String,
     table: bool,
+    /// PartialObjectMetadata events (a metadata informer).
+    metadata: bool,
     include_object: String,
     headers_sent: bool,
 }
 
 /// Every watcher of a resource receives the same stored versions: each event line is encoded
 /// once per process rather than once per watcher (the objects are decoded once, see decoded.rs).
-fn lines() -> MutexGuard<'static, Fifo<(Vec<u8>, i64, &'static str), Bytes>> {
-    static LINES: OnceLock<Mutex<Fifo<(Vec<u8>, i64, &'static str), Bytes>>> = OnceLock::new();
+fn lines() -> MutexGuard<'static, Fifo<(Vec<u8>, i64, &'static str, bool), Bytes>> {
+    static LINES: OnceLock<Mutex<Fifo<(Vec<u8>, i64, &'static str, bool), Bytes>>> = OnceLock::new();
     LINES.get_or_init(|| Mutex::new(Fifo::new())).lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -45,12 +47,13 @@ fn decoded(kv: &KeyValue) -> Option<Arc<Value>> {
 
 impl Encoder {
     /// The event line for `obj` (as stored), the version of `key` stamped with `rev`: encoded
-    /// once for all plain watchers (Table watchers differ per watcher).
+    /// once for all plain watchers, and once for all metadata watchers (Table watchers differ
+    /// per watcher).
     fn shared_event(&mut self, ty: &'static str, key: &[u8], rev: i64, obj: &Value) -> Bytes {
         if self.table {
             return self.event(ty, obj, Some(rev));
         }
-        let id = (key.to_vec(), rev, ty);
+        let id = (key.to_vec(), rev, ty, self.metadata);
         if let Some(b) = lines().get(&id) {
             return b;
         }
@@ -79,11 +82,15 @@ impl Encoder {
             self.headers_sent = true;
             return line(&Line { ty, object: &t });
         }
+        if self.metadata {
+            return line(&Line { ty, object: crate::decoded::Partial { obj, rv } });
+        }
         line(&Line { ty, object: crate::decoded::WithRv { obj, rv } })
     }
 
     fn bookmark(&self, rev: i64) -> Bytes {
-        line(&json!({"type": "BOOKMARK", "object": {"kind": self.kind, "apiVersion": self.api_version, "metadata": {"resourceVersion": rev.to_string()}}}))
+        let (kind, api_version) = if self.metadata { ("PartialObjectMetadata", "meta.k8s.io/v1") } else { (self.kind.as_str(), self.api_version.as_str()) };
+        line(&json!({"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": api_version, "metadata": {"resourceVersion": rev.to_string()}}}))
     }
 }
 
@@ -121,6 +128,7 @@ impl Api {
             kind: t.res.kind.clone(),
             api_version: t.res.api_version(),
             table: req.wants_table(),
+            metadata: req.wants_metadata() && !req.wants_table(),
             include_object: req.query.get("includeObject").unwrap_or("Metadata").to_string(),
             headers_sent: false,
         };

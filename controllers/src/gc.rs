@@ -13,6 +13,7 @@ use anyhow::Context as _;
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions, PropagationPolicy};
+use kube::core::PartialObjectMeta;
 use kube::discovery::{verbs, Discovery, Scope};
 use kube::runtime::watcher::{self, watcher, Event};
 use kube::runtime::WatchStreamExt;
@@ -148,7 +149,9 @@ fn crd_resource(crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextens
 
 async fn watch_resource(gc: Arc<Gc>, res: usize, synced: mpsc::Sender<()>) {
     let ar = gc.resource(res).0;
-    let api: Api<DynamicObject> = Api::all_with(gc.client.clone(), &ar);
+    // Metadata only (PartialObjectMetadata), as upstream's collector watches: owners,
+    // finalizers and deletion are all it needs, and decoding whole objects cost it the most.
+    let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(gc.client.clone(), &ar);
     let mut stream = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
     let mut seen: Option<HashSet<String>> = None;
     let mut signalled = false;
@@ -199,7 +202,7 @@ impl Gc {
         }
     }
 
-    fn apply(&self, res: usize, o: &DynamicObject) {
+    fn apply(&self, res: usize, o: &PartialObjectMeta<DynamicObject>) {
         let Some(uid) = o.metadata.uid.clone() else { return };
         let node = Node {
             res,
