@@ -15,35 +15,59 @@ use serde_json::Value;
 
 use crate::error::{ApiError, ApiResult};
 
-/// Entries of each process-wide cache (decoded objects here, encoded watch lines in watch.rs).
+/// Entries of the encoded watch line cache (watch.rs): lines are needed only while the
+/// watchers of one event take it.
 pub(crate) const ENTRIES: usize = 8192;
 
-/// A map that forgets its oldest entries beyond a fixed size.
+/// Decoded objects: up to this many, holding at most `VALUE_BYTES` of stored JSON. A pod may
+/// wait seconds between its create and its binding, and it is read then: at a thousand pods a
+/// second, with three writes each plus events and leases, 8,192 entries were gone by then.
+const VALUE_ENTRIES: usize = 65_536;
+const VALUE_BYTES: usize = 48 << 20;
+
+/// A map that forgets its oldest entries beyond a number of entries and a total weight.
 pub(crate) struct Fifo<K, V> {
-    map: HashMap<K, V>,
+    map: HashMap<K, (V, usize)>,
     order: VecDeque<K>,
+    entries: usize,
+    budget: usize,
+    weight: usize,
 }
 
 impl<K: std::hash::Hash + Eq + Clone, V: Clone> Fifo<K, V> {
     pub(crate) fn new() -> Self {
-        Fifo { map: HashMap::new(), order: VecDeque::new() }
+        Self::bounded(ENTRIES, usize::MAX)
+    }
+
+    pub(crate) fn bounded(entries: usize, budget: usize) -> Self {
+        Fifo { map: HashMap::new(), order: VecDeque::new(), entries, budget, weight: 0 }
     }
 
     pub(crate) fn get(&self, k: &K) -> Option<V> {
-        self.map.get(k).cloned()
+        self.map.get(k).map(|(v, _)| v.clone())
     }
 
     /// Inserts and returns what was evicted, to be dropped after the lock is released.
-    pub(crate) fn insert(&mut self, k: K, v: V) -> Option<V> {
-        if self.map.insert(k.clone(), v).is_some() {
-            return None;
+    pub(crate) fn insert(&mut self, k: K, v: V) -> Vec<V> {
+        self.insert_weighted(k, v, 0)
+    }
+
+    pub(crate) fn insert_weighted(&mut self, k: K, v: V, weight: usize) -> Vec<V> {
+        if let Some((_, w)) = self.map.insert(k.clone(), (v, weight)) {
+            self.weight = self.weight - w + weight;
+        } else {
+            self.weight += weight;
+            self.order.push_back(k);
         }
-        self.order.push_back(k);
-        if self.order.len() > ENTRIES {
-            let old = self.order.pop_front()?;
-            return self.map.remove(&old);
+        let mut evicted = Vec::new();
+        while self.order.len() > self.entries || (self.weight > self.budget && self.order.len() > 1) {
+            let Some(old) = self.order.pop_front() else { break };
+            if let Some((v, w)) = self.map.remove(&old) {
+                self.weight -= w;
+                evicted.push(v);
+            }
         }
-        None
+        evicted
     }
 }
 
@@ -59,7 +83,7 @@ struct Entry {
 /// committed write before its writer returns), and a lookup compares the bytes themselves.
 fn values() -> MutexGuard<'static, Fifo<u64, Entry>> {
     static VALUES: OnceLock<Mutex<Fifo<u64, Entry>>> = OnceLock::new();
-    VALUES.get_or_init(|| Mutex::new(Fifo::new())).lock().unwrap_or_else(|p| p.into_inner())
+    VALUES.get_or_init(|| Mutex::new(Fifo::bounded(VALUE_ENTRIES, VALUE_BYTES))).lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn hash(bytes: &[u8]) -> u64 {
@@ -77,7 +101,7 @@ pub fn object(kv: &KeyValue) -> ApiResult<Arc<Value>> {
     }
     let v: Value = serde_json::from_slice(&kv.value).map_err(|e| ApiError::Internal(format!("stored object {} is not JSON: {e}", String::from_utf8_lossy(&kv.key))))?;
     let v = Arc::new(v);
-    let evicted = values().insert(h, Entry { bytes: kv.value.as_slice().into(), value: v.clone() });
+    let evicted = values().insert_weighted(h, Entry { bytes: kv.value.as_slice().into(), value: v.clone() }, kv.value.len());
     drop(evicted);
     Ok(v)
 }
@@ -92,7 +116,12 @@ pub fn with_rv(kv: &KeyValue) -> ApiResult<Value> {
 /// Keeps `stored`, the object that `bytes` (about to be written) decode to, so that nobody
 /// needs to decode them.
 pub(crate) fn remember(bytes: &[u8], stored: Value) {
-    let evicted = values().insert(hash(bytes), Entry { bytes: bytes.into(), value: Arc::new(stored) });
+    remember_shared(bytes, Arc::new(stored));
+}
+
+/// `remember` of an object the caller keeps a share of.
+pub(crate) fn remember_shared(bytes: &[u8], stored: Arc<Value>) {
+    let evicted = values().insert_weighted(hash(bytes), Entry { bytes: bytes.into(), value: stored }, bytes.len());
     drop(evicted);
 }
 
@@ -231,5 +260,15 @@ mod tests {
         }
         assert_eq!((f.get(&0), f.get(&1), f.get(&2)), (None, None, Some(2)));
         assert_eq!(f.get(&(ENTRIES + 1)), Some(ENTRIES + 1));
+        // And beyond a total weight; replacing an entry replaces its weight.
+        let mut w = Fifo::bounded(100, 10);
+        assert!(w.insert_weighted("a", 1, 4).is_empty());
+        assert!(w.insert_weighted("b", 2, 4).is_empty());
+        assert!(w.insert_weighted("b", 3, 5).is_empty());
+        assert_eq!(w.insert_weighted("c", 4, 2), vec![1]);
+        assert_eq!((w.get(&"a"), w.get(&"b"), w.get(&"c")), (None, Some(3), Some(4)));
+        // One entry heavier than the whole budget still stays (until the next insert).
+        assert_eq!(w.insert_weighted("d", 5, 50), vec![3, 4]);
+        assert_eq!(w.get(&"d"), Some(5));
     }
 }

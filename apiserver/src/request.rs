@@ -86,17 +86,22 @@ pub enum Reply {
     /// A streamed body (watch, logs): chunks as they come.
     Stream { content_type: &'static str, rx: tokio::sync::mpsc::Receiver<Bytes> },
     Raw { code: u16, content_type: &'static str, body: Bytes, headers: HashMap<&'static str, String> },
+    /// A stored object with its resourceVersion, serialized without a copy of it.
+    Object { code: u16, obj: crate::store::Written, warnings: Vec<String> },
 }
 
 impl Reply {
     pub fn ok(body: Value) -> Reply {
         Reply::Json { code: 200, body, warnings: vec![], headers: HashMap::new() }
     }
+    pub fn object(code: u16, obj: crate::store::Written) -> Reply {
+        Reply::Object { code, obj, warnings: vec![] }
+    }
     pub fn code(code: u16, body: Value) -> Reply {
         Reply::Json { code, body, warnings: vec![], headers: HashMap::new() }
     }
     pub fn with_warnings(mut self, w: Vec<String>) -> Reply {
-        if let Reply::Json { warnings, .. } = &mut self {
+        if let Reply::Json { warnings, .. } | Reply::Object { warnings, .. } = &mut self {
             warnings.extend(w);
         }
         self

@@ -11,7 +11,7 @@ use crate::catalog::ResourceDef;
 use crate::error::{ApiError, ApiResult, Cause};
 use crate::request::{decode_body, duplicate_fields, Reply, Request};
 use crate::selectors::{FieldSelector, LabelSelector};
-use crate::store::{collection_range, object_key, Freshness};
+use crate::store::{collection_range, object_key, Freshness, Written};
 use raftstore::types::KeyValue;
 use crate::strategy;
 use crate::Api;
@@ -640,36 +640,22 @@ impl Api {
 
     /// Writes `new` over `old` (CAS on `rev`). Finishes a deletion whose last finalizer went.
     /// Ok(None) = lost the race.
-    async fn write_update(&self, t: &Target, old: &Value, rev: i64, mut new: Value, dry: bool) -> ApiResult<Option<Value>> {
+    async fn write_update(&self, t: &Target, old: &Arc<Value>, rev: i64, new: Value, dry: bool) -> ApiResult<Option<Written>> {
         if same_but_versions(old, &new) {
             // Nothing changed: no write, same resourceVersion (as Kubernetes does).
-            let mut same = old.clone();
-            crate::store::set_rv(&mut same, rev);
-            return Ok(Some(same));
+            return Ok(Some(Written { obj: old.clone(), rv: rev }));
         }
         let finalizers_empty = meta(&new)["finalizers"].as_array().map(|a| a.is_empty()).unwrap_or(true);
         if dry {
-            crate::store::set_rv(&mut new, rev);
-            return Ok(Some(new));
+            return Ok(Some(Written { obj: Arc::new(new), rv: rev }));
         }
         if meta(&new).get("deletionTimestamp").is_some() && finalizers_empty && self.graceful_done(t, &new) && !spec_finalizers_block(&t.res, &new) {
             let mut extra = self.owned_release_keys(t, old).await?;
             extra.extend(fence_guard(&t.res, old).map(|g| g.key));
-            return match self.store.delete(&t.key(), rev, extra).await? {
-                Some(drev) => {
-                    crate::store::set_rv(&mut new, drev);
-                    Ok(Some(new))
-                }
-                None => Ok(None),
-            };
+            return Ok(self.store.delete(&t.key(), rev, extra).await?.map(|drev| Written { obj: Arc::new(new), rv: drev }));
         }
-        match self.store.update_guarded(&t.key(), rev, &new, fence_guard(&t.res, &new).into_iter().collect()).await? {
-            Some(r) => {
-                crate::store::set_rv(&mut new, r);
-                Ok(Some(new))
-            }
-            None => Ok(None),
-        }
+        let guards = fence_guard(&t.res, &new).into_iter().collect();
+        self.store.update_owned(&t.key(), rev, new, guards).await
     }
 
     /// A pod in graceful deletion stays until its node confirms (grace 0) or the grace is over.
@@ -696,13 +682,13 @@ impl Api {
         let (obj, code) = self
             .guaranteed_update_pinned(req, t, sub.as_deref(), dry, precondition, |_old| Ok(body.clone()))
             .await?;
-        Ok(Reply::code(code, obj).with_warnings(warnings))
+        Ok(Reply::object(code, obj).with_warnings(warnings))
     }
 
     /// Read-modify-write with compare-and-swap (Kubernetes' GuaranteedUpdate). `change` gets
     /// the current object and returns the new one; it runs again if another writer got in
     /// between, unless the caller pinned a resourceVersion (then that is a 409).
-    pub async fn guaranteed_update_pinned<F>(&self, req: &Request, t: &Target, sub: Option<&str>, dry: bool, precondition: Option<i64>, mut change: F) -> ApiResult<(Value, u16)>
+    pub async fn guaranteed_update_pinned<F>(&self, req: &Request, t: &Target, sub: Option<&str>, dry: bool, precondition: Option<i64>, mut change: F) -> ApiResult<(Written, u16)>
     where
         F: FnMut(&Value) -> ApiResult<Value>,
     {
@@ -710,8 +696,8 @@ impl Api {
         let manager = field_manager(req);
         for _ in 0..MAX_RETRIES {
             // `old` is the object as stored, without its resourceVersion (kv.mod_revision).
-            let (old, kv) = self.store.get_shared(&key, Freshness::Latest).await?.ok_or_else(|| t.not_found())?;
-            let old = &*old;
+            let (shared, kv) = self.store.get_shared(&key, Freshness::Latest).await?.ok_or_else(|| t.not_found())?;
+            let old = &*shared;
             if let Some(p) = precondition {
                 if p != kv.mod_revision {
                     return Err(t.conflict(MODIFIED));
@@ -722,7 +708,7 @@ impl Api {
             crate::server::check_escalation(self, &req.user, &t.res, &new).await?;
             // A binding is not the pod's writer: upstream leaves its managedFields alone.
             let new = if sub == Some(BINDING) { new } else { crate::managed::track_update_owned(&t.res.kind, Some(old), new, &manager, &t.res.api_version(), sub.unwrap_or(""), &now_rfc3339()) };
-            if let Some(v) = self.write_update(t, old, kv.mod_revision, new, dry).await? {
+            if let Some(v) = self.write_update(t, &shared, kv.mod_revision, new, dry).await? {
                 return Ok((v, 200));
             }
             if precondition.is_some() {
@@ -794,7 +780,7 @@ impl Api {
             })
             .await?;
         let w = warnings.into_inner().unwrap_or_default();
-        Ok(Reply::code(code, obj).with_warnings(w))
+        Ok(Reply::object(code, obj).with_warnings(w))
     }
 
     /// Server-side apply: creates a missing object; otherwise merges the applied configuration
@@ -817,7 +803,7 @@ impl Api {
         let api_version = t.res.api_version();
         let key = t.key();
         for _ in 0..MAX_RETRIES {
-            let cur = self.store.get(&key, Freshness::Latest).await?;
+            let cur = self.store.get_shared(&key, Freshness::Latest).await?;
             let Some((old, kv)) = cur else {
                 if !sub.is_empty() {
                     return Err(t.not_found());
@@ -838,7 +824,7 @@ impl Api {
             let new = self.prepare_update(t, &old, merged, t.sub.as_deref())?;
             crate::server::check_escalation(self, &req.user, &t.res, &new).await?;
             if let Some(v) = self.write_update(t, &old, kv.mod_revision, new, dry).await? {
-                return Ok(Reply::ok(v).with_warnings(warnings));
+                return Ok(Reply::object(200, v).with_warnings(warnings));
             }
         }
         Err(t.conflict(MODIFIED))
@@ -895,7 +881,7 @@ impl Api {
         let (obj, _) = self
             .guaranteed_update_pinned(req, t, None, dry, precondition, |old| self.with_replicas(t, old, replicas))
             .await?;
-        Ok(Reply::ok(self.scale_of(t, &obj)))
+        Ok(Reply::ok(self.scale_of(t, &obj.value())))
     }
 
     async fn patch_scale(&self, req: &Request, t: &Target, ct: &str, patch: Value, dry: bool) -> ApiResult<Reply> {
@@ -919,7 +905,7 @@ impl Api {
                 this.with_replicas(t, old, replicas)
             })
             .await?;
-        Ok(Reply::ok(self.scale_of(t, &obj)))
+        Ok(Reply::ok(self.scale_of(t, &obj.value())))
     }
 
     // ------------------------------------------------------------------ delete

@@ -316,21 +316,24 @@ fn error_response(e: &ApiError) -> Response<Body> {
 /// Set on a response to a write refused because its fence no longer holds.
 pub const FENCED_HEADER: &str = "x-kuberaft-fenced";
 
+fn json_response(code: u16, body: &impl serde::Serialize, warnings: &[String], headers: HashMap<&'static str, String>) -> Response<Body> {
+    let mut b = Response::builder().status(StatusCode::from_u16(code).unwrap_or(StatusCode::OK)).header("content-type", "application/json");
+    for w in warnings {
+        // The text is quoted; embedded quotes and backslashes are escaped.
+        let text = w.replace('\\', "\\\\").replace('"', "\\\"");
+        b = b.header("warning", format!("299 - \"{text}\""));
+    }
+    for (k, v) in headers {
+        b = b.header(k, v);
+    }
+    b.body(full(serde_json::to_vec(body).unwrap_or_default())).unwrap_or_else(|_| Response::new(full("internal error")))
+}
+
 fn reply_response(r: Reply) -> Response<Body> {
     match r {
         Reply::Proxied(resp) => resp,
-        Reply::Json { code, body, warnings, headers } => {
-            let mut b = Response::builder().status(StatusCode::from_u16(code).unwrap_or(StatusCode::OK)).header("content-type", "application/json");
-            for w in warnings {
-                // The text is quoted; embedded quotes and backslashes are escaped.
-                let text = w.replace('\\', "\\\\").replace('"', "\\\"");
-                b = b.header("warning", format!("299 - \"{text}\""));
-            }
-            for (k, v) in headers {
-                b = b.header(k, v);
-            }
-            b.body(full(serde_json::to_vec(&body).unwrap_or_default())).unwrap_or_else(|_| Response::new(full("internal error")))
-        }
+        Reply::Json { code, body, warnings, headers } => json_response(code, &body, &warnings, headers),
+        Reply::Object { code, obj, warnings } => json_response(code, &crate::decoded::WithRv { obj: &obj.obj, rv: Some(obj.rv) }, &warnings, HashMap::new()),
         Reply::Raw { code, content_type, body, headers } => {
             let mut b = Response::builder().status(StatusCode::from_u16(code).unwrap_or(StatusCode::OK)).header("content-type", content_type);
             for (k, v) in headers {

@@ -103,6 +103,22 @@ fn stored_form(v: &Value) -> ApiResult<(Value, Vec<u8>)> {
     Ok((v, bytes))
 }
 
+/// A version as written (or read): the object as stored, without its resourceVersion, and
+/// the revision that is its resourceVersion.
+pub struct Written {
+    pub obj: Arc<Value>,
+    pub rv: i64,
+}
+
+impl Written {
+    /// A copy of the object with its resourceVersion.
+    pub fn value(&self) -> Value {
+        let mut v = Value::clone(&self.obj);
+        set_rv(&mut v, self.rv);
+        v
+    }
+}
+
 /// How fresh a read must be.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Freshness {
@@ -363,10 +379,20 @@ impl Store {
 
     /// update() with guards (see `Guard`) in the same transaction.
     pub async fn update_guarded(&self, key: &[u8], expected: i64, obj: &Value, guards: Vec<Guard>) -> ApiResult<Option<i64>> {
+        Ok(self.update_owned(key, expected, obj.clone(), guards).await?.map(|w| w.rv))
+    }
+
+    /// update_guarded() of an object the caller gives up: it becomes the stored version, shared
+    /// with the decoded-object cache, without a copy.
+    pub async fn update_owned(&self, key: &[u8], expected: i64, mut obj: Value, guards: Vec<Guard>) -> ApiResult<Option<Written>> {
         let mut compare = vec![Compare { key: key.to_vec(), range_end: vec![], result: CompareResult::Equal, target: CompareTarget::Mod(expected) }];
-        let (stored, bytes) = stored_form(obj)?;
+        if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+            m.remove("resourceVersion");
+        }
+        let bytes = serde_json::to_vec(&obj).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let stored = Arc::new(obj);
         // Before the write: its watchers may see it committed before this call returns.
-        crate::decoded::remember(&bytes, stored);
+        crate::decoded::remember_shared(&bytes, stored.clone());
         let mut success = vec![Op::Put(PutRequest { key: key.to_vec(), value: bytes, ..Default::default() })];
         for g in guards {
             if let Some(rev) = g.revision {
@@ -375,7 +401,7 @@ impl Store {
             success.push(Op::Put(PutRequest { key: g.key, value: encode(&g.value)?, ..Default::default() }));
         }
         let (rev, r) = self.txn(TxnRequest { compare, success, failure: vec![] }).await?;
-        Ok(r.succeeded.then_some(rev))
+        Ok(r.succeeded.then_some(Written { obj: stored, rv: rev }))
     }
 
     /// Deletes `key` (and `extra` keys) if its mod revision is still `expected`.
