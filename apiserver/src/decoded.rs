@@ -22,8 +22,8 @@ pub(crate) const ENTRIES: usize = 8192;
 /// Decoded objects: up to this many, holding at most `VALUE_BYTES` of stored JSON. A pod may
 /// wait seconds between its create and its binding, and it is read then: at a thousand pods a
 /// second, with three writes each plus events and leases, 8,192 entries were gone by then.
-const VALUE_ENTRIES: usize = 65_536;
-const VALUE_BYTES: usize = 48 << 20;
+const VALUE_ENTRIES: usize = 32_768;
+const VALUE_BYTES: usize = 32 << 20;
 
 /// A map that forgets its oldest entries beyond a number of entries and a total weight.
 pub(crate) struct Fifo<K, V> {
