@@ -138,28 +138,27 @@ fn raw_list(kind: &str, api_version: &str, page: crate::store::ScanPage<Vec<u8>>
 
 /// `typed_check` of an object made from `old` (stored, so checked when it was written): only
 /// the top-level fields that differ from it are decoded (a status patch does not decode the
-/// spec). Each top-level field of a built-in type decodes on its own, so this is the same check.
+/// spec). Each top-level field of a built-in type decodes on its own; a type whose unchanged
+/// fields are required (a RoleBinding's roleRef, say) fails that partial decode and gets the
+/// full check, which is the answer either way.
 fn typed_check_changes(res: &ResourceDef, old: &Value, mut obj: Value, mode: Validation) -> ApiResult<(Value, Vec<String>)> {
     const TYPE: [&str; 2] = ["apiVersion", "kind"];
-    let (Some(_), Some(om), Some(m)) = (res.typed, old.as_object(), obj.as_object_mut()) else { return typed_check(res, obj, None, mode) };
-    let changed: Vec<String> = m.iter().filter(|(k, v)| !TYPE.contains(&k.as_str()) && om.get(*k) != Some(*v)).map(|(k, _)| k.clone()).collect();
-    let mut part = serde_json::Map::new();
-    for k in TYPE {
-        if let Some(v) = m.get(k) {
-            part.insert(k.into(), v.clone());
-        }
-    }
-    for k in &changed {
-        if let Some(v) = m.remove(k) {
-            part.insert(k.clone(), v);
-        }
-    }
-    let (checked, warnings) = typed_check(res, Value::Object(part), None, mode)?;
-    let Value::Object(mut checked) = checked else { return Err(ApiError::Internal("type check returned a non-object".into())) };
-    // What the check dropped (unknown fields) stays dropped; what it did not look at is old's.
-    for k in changed.into_iter().chain(TYPE.iter().map(|k| k.to_string())) {
-        if let Some(v) = checked.remove(&k) {
-            m.insert(k, v);
+    let (Some(_), Some(om), Some(m)) = (res.typed, old.as_object(), obj.as_object()) else { return typed_check(res, obj, None, mode) };
+    let part: serde_json::Map<String, Value> = m.iter().filter(|(k, v)| TYPE.contains(&k.as_str()) || om.get(*k) != Some(*v)).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut changed: Vec<String> = part.keys().cloned().collect();
+    // apiVersion and kind come back even when absent (the check fills them in).
+    changed.extend(TYPE.iter().filter(|t| !part.contains_key(**t)).map(|t| t.to_string()));
+    let Ok((Value::Object(mut checked), warnings)) = typed_check(res, Value::Object(part), None, mode) else { return typed_check(res, obj, None, mode) };
+    let Some(m) = obj.as_object_mut() else { return typed_check(res, obj, None, mode) };
+    // What the check dropped (unknown fields) goes; what it did not look at is old's.
+    for k in changed {
+        match checked.remove(&k) {
+            Some(v) => {
+                m.insert(k, v);
+            }
+            None => {
+                m.remove(&k);
+            }
         }
     }
     Ok((obj, warnings))
@@ -1227,6 +1226,31 @@ mod tests {
         let mut kind = old.clone();
         kind["kind"] = json!("Service");
         assert!(typed_check_changes(&res, &old, kind, Validation::Warn).is_err());
+        // A top-level field the check drops goes (Warn), as with the full check.
+        let mut extra = old.clone();
+        extra["bogus"] = json!(1);
+        let (e, w) = typed_check_changes(&res, &old, extra, Validation::Warn).expect("valid");
+        assert!(e.get("bogus").is_none() && !w.is_empty(), "{e} {w:?}");
+    }
+
+    #[test]
+    fn types_with_required_fields_that_did_not_change_still_check() {
+        let cat = crate::catalog::Catalog::new().get();
+        let rb = cat.lookup("rbac.authorization.k8s.io", "v1", "rolebindings").expect("rolebindings");
+        let old = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "b", "namespace": "d"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "r"}, "subjects": [{"kind": "User", "name": "a"}]});
+        let mut new = old.clone();
+        new["subjects"] = json!([{"kind": "User", "name": "b"}]);
+        let (out, _) = typed_check_changes(&rb, &old, new.clone(), Validation::Strict).expect("a subjects change is valid");
+        assert_eq!(out, typed_check(&rb, new, None, Validation::Strict).expect("valid").0);
+        let mut bad = old.clone();
+        bad["subjects"] = json!("nobody");
+        assert!(typed_check_changes(&rb, &old, bad, Validation::Strict).is_err());
+        let pc = cat.lookup("scheduling.k8s.io", "v1", "priorityclasses").expect("priorityclasses");
+        let old = json!({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": "p"}, "value": 10});
+        let mut new = old.clone();
+        new["description"] = json!("high");
+        assert_eq!(typed_check_changes(&pc, &old, new, Validation::Strict).expect("valid").0["description"], "high");
     }
 
     #[test]
