@@ -108,9 +108,7 @@ pub fn object(kv: &KeyValue) -> ApiResult<Arc<Value>> {
 
 /// The stored version `kv` with its resourceVersion, as a value of the caller's own.
 pub fn with_rv(kv: &KeyValue) -> ApiResult<Value> {
-    let mut v = Value::clone(&*object(kv)?);
-    crate::store::set_rv(&mut v, kv.mod_revision);
-    Ok(v)
+    Ok(crate::store::Written { obj: object(kv)?, rv: kv.mod_revision }.value())
 }
 
 /// Keeps `stored`, the object that `bytes` (about to be written) decode to, so that nobody

@@ -63,13 +63,13 @@ impl Request {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
-    /// Whether the client asked for server-side printing.
     /// Accept asks for metadata only: meta.k8s.io PartialObjectMetadata (get, watch) or
     /// PartialObjectMetadataList (list), what metadata informers (a garbage collector's) read.
     pub fn wants_metadata(&self) -> bool {
         self.header("accept").map(|a| a.split(',').any(|part| part.contains("as=PartialObjectMetadata") && part.contains("g=meta.k8s.io"))).unwrap_or(false)
     }
 
+    /// Whether the client asked for server-side printing.
     pub fn wants_table(&self) -> bool {
         self.header("accept").map(|a| a.split(',').any(|part| part.contains("as=Table"))).unwrap_or(false)
     }

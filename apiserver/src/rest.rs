@@ -352,7 +352,6 @@ impl Api {
             let items: Vec<Value> = page.items.into_iter().map(|(v, _)| v).collect();
             return Ok(Reply::ok(table_of(&t.res, &items, &rv, cont.as_deref(), &include, true)));
         }
-        let (list_kind, list_version) = if req.wants_metadata() { ("PartialObjectMetadataList".to_string(), "meta.k8s.io/v1".to_string()) } else { (t.res.list_kind.clone(), t.res.api_version()) };
         if req.wants_metadata() {
             let pick = |kv: &KeyValue| -> ApiResult<Option<Vec<u8>>> {
                 let obj = crate::decoded::object(kv)?;
@@ -362,7 +361,7 @@ impl Api {
                 serde_json::to_vec(&crate::decoded::Partial { obj: &obj, rv: Some(kv.mod_revision) }).map(Some).map_err(|e| ApiError::Internal(e.to_string()))
             };
             let page = self.store.scan(&start, &end, fresh, limit, &pick).await.map_err(gone)?;
-            return Ok(raw_list(&list_kind, &list_version, page));
+            return Ok(raw_list("PartialObjectMetadataList", "meta.k8s.io/v1", page));
         }
         // The JSON list is written from the stored bytes: objects are decoded only as far as
         // the selectors need (labels and names from a light decode, other fields in full).
@@ -385,7 +384,7 @@ impl Api {
             }
         };
         let page = self.store.scan(&start, &end, fresh, limit, &pick).await.map_err(gone)?;
-        Ok(raw_list(&list_kind, &list_version, page))
+        Ok(raw_list(&t.res.list_kind, &t.res.api_version(), page))
     }
 
     // ------------------------------------------------------------------ create

@@ -95,7 +95,11 @@ fn encode(v: &Value) -> ApiResult<Vec<u8>> {
 
 /// The object as stored (without its resourceVersion), and its bytes.
 fn stored_form(v: &Value) -> ApiResult<(Value, Vec<u8>)> {
-    let mut v = v.clone();
+    into_stored_form(v.clone())
+}
+
+/// `stored_form` of an object the caller gives up.
+fn into_stored_form(mut v: Value) -> ApiResult<(Value, Vec<u8>)> {
     if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
         m.remove("resourceVersion");
     }
@@ -240,14 +244,9 @@ impl Store {
         Ok(())
     }
 
+    /// The object with its resourceVersion, as a value of the caller's own.
     pub async fn get(&self, key: &[u8], fresh: Freshness) -> ApiResult<Option<(Value, KeyValue)>> {
-        let at = self.ensure(fresh).await?;
-        let req = RangeRequest { key: key.to_vec(), revision: at, ..Default::default() };
-        let (resp, _) = self.replica.range(&req, true).await?;
-        match resp.kvs.into_iter().next() {
-            Some(kv) => Ok(Some((crate::decoded::with_rv(&kv)?, kv))),
-            None => Ok(None),
-        }
+        Ok(self.get_shared(key, fresh).await?.map(|(obj, kv)| (Written { obj, rv: kv.mod_revision }.value(), kv)))
     }
 
     /// The object as stored (without its resourceVersion: that is the kv's mod revision),
@@ -384,13 +383,10 @@ impl Store {
 
     /// update_guarded() of an object the caller gives up: it becomes the stored version, shared
     /// with the decoded-object cache, without a copy.
-    pub async fn update_owned(&self, key: &[u8], expected: i64, mut obj: Value, guards: Vec<Guard>) -> ApiResult<Option<Written>> {
+    pub async fn update_owned(&self, key: &[u8], expected: i64, obj: Value, guards: Vec<Guard>) -> ApiResult<Option<Written>> {
         let mut compare = vec![Compare { key: key.to_vec(), range_end: vec![], result: CompareResult::Equal, target: CompareTarget::Mod(expected) }];
-        if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
-            m.remove("resourceVersion");
-        }
-        let bytes = serde_json::to_vec(&obj).map_err(|e| ApiError::Internal(e.to_string()))?;
-        let stored = Arc::new(obj);
+        let (stored, bytes) = into_stored_form(obj)?;
+        let stored = Arc::new(stored);
         // Before the write: its watchers may see it committed before this call returns.
         crate::decoded::remember_shared(&bytes, stored.clone());
         let mut success = vec![Op::Put(PutRequest { key: key.to_vec(), value: bytes, ..Default::default() })];
