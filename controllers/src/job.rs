@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use futures::future::join_all;
+use futures::StreamExt;
 use k8s_openapi::api::batch::v1::{Job, JobCondition, JobSpec, JobStatus, PodFailurePolicy, SuccessPolicy, UncountedTerminatedPods};
 use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
@@ -52,7 +53,10 @@ pub async fn run(client: Client, inf: Arc<crate::informer::Informers>) -> anyhow
     let jobs = crate::util::drain("job", ctl.run(reconcile, crate::util::error_policy, Arc::new(Ctx { client: client.clone() })));
     // Pods whose Job is gone (deleted in the background) still carry the tracking finalizer:
     // a second controller over pods releases them, as upstream's orphan-pod handling does.
-    let orphans = Controller::for_shared_stream(inf.pods.subscribe_applied(), inf.pods.store());
+    // Only pods that carry the finalizer can need it removed: the others (nearly all pods)
+    // are not even queued.
+    let with_finalizer = inf.pods.subscribe_applied().filter(|p| std::future::ready(has_finalizer(p)));
+    let orphans = Controller::for_shared_stream(with_finalizer, inf.pods.store());
     let orphans = crate::util::drain("job-orphan-pods", orphans.run(reconcile_orphan, crate::util::error_policy, Arc::new(Ctx { client })));
     tokio::join!(jobs, orphans);
     Ok(())

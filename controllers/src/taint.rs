@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod, PodCondition, Taint, Toleration};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
@@ -36,10 +37,18 @@ struct Ctx {
 
 pub async fn run(client: Client, inf: Arc<crate::informer::Informers>) -> anyhow::Result<()> {
     let nodes = inf.nodes.store();
-    let ctl = Controller::for_shared_stream(inf.pods.subscribe_applied(), inf.pods.store());
-    let pods = ctl.store();
     let latest: Arc<Mutex<HashMap<String, Arc<Node>>>> = Arc::default();
-    let seen = latest.clone();
+    let ctx = Arc::new(Ctx { client, nodes, latest: latest.clone(), scheduled: Mutex::new(HashMap::new()) });
+    // A pod's own change matters only if its node has NoExecute taints or a deletion of it is
+    // pending: nearly every pod change is neither and is not even queued. A taint added later
+    // reaches the node's pods through the node's trigger below.
+    let relevant = {
+        let ctx = ctx.clone();
+        move |pod: &Arc<Pod>| std::future::ready(ctx.relevant(pod))
+    };
+    let ctl = Controller::for_shared_stream(inf.pods.subscribe_applied().filter(relevant), inf.pods.store());
+    let pods = ctl.store();
+    let seen = latest;
     let ctl = ctl.watches_shared_stream(inf.nodes.subscribe(), move |node: Arc<Node>| {
         let name = node.name_any();
         let refs = pods.state().iter().filter(|p| node_of(p) == Some(name.as_str())).map(|p| ObjectRef::from_obj(p.as_ref())).collect::<Vec<_>>();
@@ -49,7 +58,6 @@ pub async fn run(client: Client, inf: Arc<crate::informer::Informers>) -> anyhow
         }
         refs
     });
-    let ctx = Arc::new(Ctx { client, nodes, latest, scheduled: Mutex::new(HashMap::new()) });
     crate::util::drain("taint-eviction", ctl.run(reconcile, crate::util::error_policy, ctx)).await;
     Ok(())
 }
@@ -59,6 +67,17 @@ fn rv_of(node: &Node) -> u64 {
 }
 
 impl Ctx {
+    /// Whether a change of this pod needs a reconcile: one is pending for it, or its node
+    /// has a NoExecute taint.
+    fn relevant(&self, pod: &Pod) -> bool {
+        let key = format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any());
+        if self.scheduled.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&key) {
+            return true;
+        }
+        pod.metadata.deletion_timestamp.is_none()
+            && node_of(pod).and_then(|n| self.node(n)).is_some_and(|node| crate::nodelifecycle::taints(&node).iter().any(|t| t.effect == "NoExecute"))
+    }
+
     /// The newer of the reflector's copy of a node and the one that triggered us.
     fn node(&self, name: &str) -> Option<Arc<Node>> {
         let cached = self.nodes.get(&ObjectRef::new(name));
