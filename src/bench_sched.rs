@@ -149,6 +149,38 @@ async fn wait_nodes(client: &kube::Client, want: usize) -> anyhow::Result<f64> {
     }
 }
 
+/// Waits until the work that joining nodes cause (pod CIDRs, RegisteredNode events, taint
+/// changes, first status writes) is done and only heartbeats remain: the store's write rate,
+/// read from list resourceVersions, stays near what the nodes' Lease renewals and status
+/// rewrites alone make (HEARTBEAT_SECONDS, STATUS_SECONDS) for three seconds in a row. Pods
+/// created earlier would compete with that one-off work and measure the cluster's start-up
+/// instead of the scheduler.
+async fn settle(client: &kube::Client, nodes: usize) {
+    const HEARTBEAT_SECONDS: f64 = 10.0;
+    const STATUS_SECONDS: f64 = 60.0;
+    let baseline = nodes as f64 / HEARTBEAT_SECONDS + nodes as f64 / STATUS_SECONDS;
+    let limit = baseline * 1.5 + 50.0;
+    let api = Api::<Namespace>::all(client.clone());
+    let rv = || async { api.list_metadata(&ListParams::default().limit(1)).await.ok().and_then(|l| l.metadata.resource_version).and_then(|v| v.parse::<u64>().ok()) };
+    let t = Instant::now();
+    let (mut last, mut at, mut quiet) = (rv().await, Instant::now(), 0);
+    while t.elapsed() < Duration::from_secs(180) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = rv().await;
+        let rate = match (last, now) {
+            (Some(a), Some(b)) => b.saturating_sub(a) as f64 / at.elapsed().as_secs_f64(),
+            _ => f64::INFINITY,
+        };
+        (last, at) = (now, Instant::now());
+        quiet = if rate <= limit { quiet + 1 } else { 0 };
+        if quiet >= 3 {
+            eprintln!("sched bench: settled after {:.1} s ({rate:.0} writes/s; heartbeats alone ~{baseline:.0}/s)", t.elapsed().as_secs_f64());
+            return;
+        }
+    }
+    eprintln!("sched bench: still more than {limit:.0} writes/s after 180 s; measuring anyway");
+}
+
 /// The pod of one kind (scheduler_perf's templates, roughly).
 /// `groups`: anti-affinity pods repel only their own group, so that every group fits.
 fn pod(kind: &str, name: &str, i: usize, groups: usize) -> Pod {
@@ -189,6 +221,20 @@ struct KindResult {
     p50_ms: f64,
     p99_ms: f64,
     errors: usize,
+    /// CPU time per bound pod of the replica and of the hollow-node process, first create to
+    /// last bound (µs).
+    cpu_us: [f64; 2],
+}
+
+/// CPU seconds (user + system, all threads) a process has used, from /proc/PID/stat. Linux
+/// reports them in USER_HZ, which is 100 on every architecture we build for.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces; the fields after it are fixed (utime is the 14th).
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
 }
 
 async fn ensure_namespace(client: &kube::Client, ns: &str) -> anyhow::Result<()> {
@@ -201,7 +247,7 @@ async fn ensure_namespace(client: &kube::Client, ns: &str) -> anyhow::Result<()>
 }
 
 /// Creates `count` pods of `kind` in their own namespace and times them until bound.
-async fn run_kind(client: &kube::Client, kind: &str, count: usize, clients: usize, nodes: usize) -> anyhow::Result<KindResult> {
+async fn run_kind(client: &kube::Client, kind: &str, count: usize, clients: usize, nodes: usize, pids: [u32; 2]) -> anyhow::Result<KindResult> {
     // At most half the nodes per anti-affinity group.
     let groups = count.div_ceil((nodes / 2).max(1));
     let ns = format!("bench-{kind}");
@@ -240,6 +286,7 @@ async fn run_kind(client: &kube::Client, kind: &str, count: usize, clients: usiz
     let next = Arc::new(AtomicUsize::new(0));
     let errors = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
+    let cpu_start = pids.map(cpu_seconds);
     let workers: Vec<_> = (0..clients.max(1))
         .map(|_| {
             let (api, created, next, errors, kind) = (api.clone(), created.clone(), next.clone(), errors.clone(), kind.to_string());
@@ -288,6 +335,7 @@ async fn run_kind(client: &kube::Client, kind: &str, count: usize, clients: usiz
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let cpu_end = pids.map(cpu_seconds);
     watch.abort();
     let bound = bound.lock().expect("bound").clone();
     let created = created.lock().expect("created").clone();
@@ -302,6 +350,10 @@ async fn run_kind(client: &kube::Client, kind: &str, count: usize, clients: usiz
         p50_ms: percentile(&lat, 0.5),
         p99_ms: percentile(&lat, 0.99),
         errors: errors.load(Ordering::Relaxed),
+        cpu_us: [0, 1].map(|i| match (cpu_start[i], cpu_end[i]) {
+            (Some(a), Some(b)) => (b - a) * 1e6 / lat.len().max(1) as f64,
+            _ => f64::NAN,
+        }),
     })
 }
 
@@ -371,13 +423,14 @@ pub async fn run(o: BenchOptions) -> anyhow::Result<String> {
         eprintln!("sched bench: waiting for {nodes} hollow nodes");
         let up = wait_nodes(&client, nodes).await?;
         eprintln!("sched bench: {nodes} nodes Ready after {up:.1} s (load {})", load());
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        settle(&client, nodes).await;
         for kind in &o.kinds {
             eprintln!("sched bench: {nodes} nodes, {} {kind} pods", o.pods);
             let before = load();
             let log = dir.join("server.log");
             let from = log_len(&log);
-            let r = run_kind(&client, kind, o.pods, o.clients, nodes).await?;
+            let pids = [procs.0[0].id(), procs.0[1].id()];
+            let r = run_kind(&client, kind, o.pods, o.clients, nodes, pids).await?;
             // The last stats line of this kind comes within STATS_EVERY.
             tokio::time::sleep(Duration::from_secs(6)).await;
             let (attempts, cycle_us, events, events_us) = scheduler_stats(&log, from);
@@ -385,7 +438,7 @@ pub async fn run(o: BenchOptions) -> anyhow::Result<String> {
             let rate = r.bound as f64 / r.secs.max(1e-9);
             let target = if kind == "plain" { if rate >= 1500.0 { "≥ 1,500 (met)" } else { "≥ 1,500 (**not met**)" } } else { "-" };
             rows.push(format!(
-                "| {} | {kind} | {} / {} | {} ({:.1} s; creates {:.1} s) | {:.0} / {:.0} ms | {} | {:.0} µs ({} attempts, {:.0} µs/attempt; {} events) → {} pods/s | {target} | {before} → {} |",
+                "| {} | {kind} | {} / {} | {} ({:.1} s; creates {:.1} s) | {:.0} / {:.0} ms | {} | {:.0} / {:.0} µs | {:.0} µs ({} attempts, {:.0} µs/attempt; {} events) → {} pods/s | {target} | {before} → {} |",
                 thousands(nodes as f64),
                 thousands(r.bound as f64),
                 thousands(r.pods as f64),
@@ -395,6 +448,8 @@ pub async fn run(o: BenchOptions) -> anyhow::Result<String> {
                 r.p50_ms,
                 r.p99_ms,
                 r.errors,
+                r.cpu_us[0],
+                r.cpu_us[1],
                 per_pod,
                 thousands(attempts as f64),
                 cycle_us as f64 / attempts.max(1) as f64,
@@ -409,7 +464,7 @@ pub async fn run(o: BenchOptions) -> anyhow::Result<String> {
             let before = load();
             let (secs, avail) = run_deployment(&client, o.deployment_replicas).await?;
             rows.push(format!(
-                "| {} | Deployment, {} replicas available | {} / {} | {:.1} s | - | - | - | - | {before} → {} |",
+                "| {} | Deployment, {} replicas available | {} / {} | {:.1} s | - | - | - | - | - | {before} → {} |",
                 thousands(nodes as f64),
                 thousands(o.deployment_replicas as f64),
                 thousands(avail as f64),
@@ -421,7 +476,7 @@ pub async fn run(o: BenchOptions) -> anyhow::Result<String> {
         }
         drop(procs);
     }
-    let mut table = String::from("| nodes | pods | bound | pods/s (first create → last bound) | create→bound p50 / p99 | create errors | scheduler's own time per pod (cycle + watch events) → pods/s of one core | target | load avg (1/5/15 min) before → after |\n|---|---|---|---|---|---|---|---|---|\n");
+    let mut table = String::from("| nodes | pods | bound | pods/s (first create → last bound) | create→bound p50 / p99 | create errors | CPU per pod: replica / hollow nodes | scheduler's own time per pod (cycle + watch events) → pods/s of one core | target | load avg (1/5/15 min) before → after |\n|---|---|---|---|---|---|---|---|---|---|\n");
     for r in rows {
         table.push_str(&r);
         table.push('\n');
