@@ -625,7 +625,11 @@ impl Api {
             }
         }
         let mut causes = strategy::validate(res, &new);
-        causes.extend(strategy::immutable_fields(res, old, &new));
+        // A status write keeps everything but status from the stored object, and no
+        // immutable field lives under status.
+        if sub != Some("status") {
+            causes.extend(strategy::immutable_fields(res, old, &new));
+        }
         if !causes.is_empty() {
             return Err(ApiError::invalid(&res.kind, &res.group, &name, causes));
         }

@@ -596,7 +596,7 @@ pub fn immutable_fields(res: &ResourceDef, old: &Value, new: &Value) -> Vec<Caus
                 }
                 if let Some(m) = s.as_object_mut() {
                     // nodeName is checked on its own below.
-                    for k in ["activeDeadlineSeconds", "tolerations", "terminationGracePeriodSeconds", "schedulingGates", "nodeName"] {
+                    for k in MUTABLE {
                         m.remove(k);
                     }
                 }
@@ -605,7 +605,19 @@ pub fn immutable_fields(res: &ResourceDef, old: &Value, new: &Value) -> Vec<Caus
                 strip_nulls(&mut s);
                 s
             };
-            if masked(old) != masked(new) {
+            // Cheap first: the fields other than the mutable ones are usually equal as they
+            // are (status writes, bindings), with no copy; only a difference there needs the
+            // masked comparison (images, nulls).
+            const MUTABLE: [&str; 5] = ["activeDeadlineSeconds", "tolerations", "terminationGracePeriodSeconds", "schedulingGates", "nodeName"];
+            let (a, b) = (&old["spec"], &new["spec"]);
+            let same = match (a.as_object(), b.as_object()) {
+                (Some(a), Some(b)) => {
+                    let differs = |x: &serde_json::Map<String, Value>, y: &serde_json::Map<String, Value>| x.iter().any(|(k, v)| !MUTABLE.contains(&k.as_str()) && y.get(k) != Some(v));
+                    !differs(a, b) && !differs(b, a)
+                }
+                _ => a == b,
+            };
+            if !same && masked(old) != masked(new) {
                 causes.push(Cause::forbidden(
                     "spec",
                     "pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)",

@@ -420,6 +420,8 @@ impl Scheduler {
                 continue;
             }
             let waiting = !self.unschedulable.is_empty() || self.cache.assumed_count() > 0;
+            // Wake to log the stats of a burst that just ended, not at the next event.
+            let unlogged = stats.attempts > 0 || stats.events > 0;
             tokio::select! {
                 _ = lost.wait_for(|l| *l) => return Ok(()),
                 i = rx.recv() => {
@@ -435,6 +437,7 @@ impl Scheduler {
                     }
                 }
                 _ = tokio::time::sleep(FLUSH_EVERY), if waiting => {}
+                _ = tokio::time::sleep_until((last_stats + STATS_EVERY).into()), if unlogged => {}
             }
         }
     }
