@@ -585,6 +585,7 @@ pub fn immutable_fields(res: &ResourceDef, old: &Value, new: &Value) -> Vec<Caus
         ("", "Pod") => {
             // A pod's spec is fixed once created, except images, deadlines, added tolerations,
             // removed scheduling gates, and the node it is bound to.
+            const MUTABLE: [&str; 5] = ["activeDeadlineSeconds", "tolerations", "terminationGracePeriodSeconds", "schedulingGates", "nodeName"];
             let masked = |v: &Value| {
                 let mut s = v["spec"].clone();
                 for list in ["containers", "initContainers"] {
@@ -608,7 +609,6 @@ pub fn immutable_fields(res: &ResourceDef, old: &Value, new: &Value) -> Vec<Caus
             // Cheap first: the fields other than the mutable ones are usually equal as they
             // are (status writes, bindings), with no copy; only a difference there needs the
             // masked comparison (images, nulls).
-            const MUTABLE: [&str; 5] = ["activeDeadlineSeconds", "tolerations", "terminationGracePeriodSeconds", "schedulingGates", "nodeName"];
             let (a, b) = (&old["spec"], &new["spec"]);
             let same = match (a.as_object(), b.as_object()) {
                 (Some(a), Some(b)) => {

@@ -70,7 +70,7 @@ impl Ctx {
     /// Whether a change of this pod needs a reconcile: one is pending for it, or its node
     /// has a NoExecute taint.
     fn relevant(&self, pod: &Pod) -> bool {
-        let key = format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any());
+        let key = pod_key(pod);
         if self.scheduled.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&key) {
             return true;
         }
@@ -87,6 +87,11 @@ impl Ctx {
             (c, s) => c.or(s),
         }
     }
+}
+
+/// How `scheduled` names a pod.
+fn pod_key(pod: &Pod) -> String {
+    format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any())
 }
 
 fn node_of(pod: &Pod) -> Option<&str> {
@@ -157,7 +162,7 @@ async fn reconcile(pod: Arc<Pod>, ctx: Arc<Ctx>) -> Result<Action, crate::Error>
 }
 
 async fn sync(pod: &Pod, ctx: &Ctx) -> anyhow::Result<Action> {
-    let key = format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any());
+    let key = pod_key(pod);
     if pod.metadata.deletion_timestamp.is_some() {
         ctx.scheduled.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
         return Ok(Action::await_change());

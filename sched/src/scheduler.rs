@@ -437,7 +437,7 @@ impl Scheduler {
                     }
                 }
                 _ = tokio::time::sleep(FLUSH_EVERY), if waiting => {}
-                _ = tokio::time::sleep_until((last_stats + STATS_EVERY).into()), if unlogged => {}
+                _ = tokio::time::sleep_until(last_stats + STATS_EVERY), if unlogged => {}
             }
         }
     }
