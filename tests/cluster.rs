@@ -262,15 +262,24 @@ fn replica_refuses_to_start_on_a_corrupted_log() {
         }
     });
     wait_same_revision(&c, &["n1", "n2", "n3"], Duration::from_secs(20));
-    // A clean stop flushes the log into SST files; damage the biggest one.
+    // Damage the middle of the records in the newest log segment (intact records follow, so
+    // this is not the torn end of an unsynced write).
     c.script_ok(&["stop", "n3"]);
-    let sst = largest_sst(&c.path().join("n3/data/log"));
-    let mut bytes = std::fs::read(&sst).unwrap();
-    let mid = bytes.len() / 3;
+    let seg = std::fs::read_dir(c.path().join("n3/data/log"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .max()
+        .expect("a raft log segment");
+    let mut bytes = std::fs::read(&seg).unwrap();
+    // Segments are preallocated with zeros; the records end at the last non-zero byte.
+    let end = bytes.iter().rposition(|b| *b != 0).unwrap() + 1;
+    let mid = end / 3;
     for b in &mut bytes[mid..mid + 64] {
         *b ^= 0x5A;
     }
-    std::fs::write(&sst, &bytes).unwrap();
+    std::fs::write(&seg, &bytes).unwrap();
     c.script_ok(&["start", "n3"]);
     let exited = c.wait_exited("n3", Duration::from_secs(15));
     let log = std::fs::read_to_string(c.path().join("n3/server.log")).unwrap_or_default();

@@ -196,9 +196,7 @@ impl Replica {
         let log_dir = cfg.data_dir.join("log");
         let log = LogStore::open(&log_dir, metrics.clone())
             .map_err(|e| anyhow::anyhow!("raft log at {} cannot be opened ({e}); the replica refuses to start. Remove the data dir and re-add the member to resync from peers", log_dir.display()))?;
-        let (n, last) = log.verify().map_err(|e| {
-            anyhow::anyhow!("raft log at {} is corrupted ({e}); the replica refuses to start. Remove the data dir and re-add the member to resync from peers", log_dir.display())
-        })?;
+        let (n, last) = log.verify();
         tracing::info!(entries = n, last = ?last, "raft log verified");
         let sm = StateMachine::open(&cfg.data_dir, metrics.clone())?;
         let peers = PeerClients::new(cfg.peer_tls.clone());
