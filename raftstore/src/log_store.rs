@@ -367,12 +367,17 @@ impl LogStore {
                             K_ENTRY => {
                                 let e: Entry = decode(&path, off, body)?;
                                 let index = e.log_id.index;
-                                let expected = match r.locs.back() {
-                                    Some(l) => Some(l.log_id.index + 1),
-                                    None => r.purged.map(|p| p.index + 1),
-                                };
-                                if expected.is_some_and(|x| x != index) {
-                                    return Err(corrupt(&path, off, format!("entry {index} follows {expected:?}: the log has a gap")));
+                                // Entries follow each other. The first one replayed may come after a
+                                // gap: the segments before it were deleted by a purge whose record
+                                // comes later (checked once every segment is replayed).
+                                match (r.locs.back(), r.purged) {
+                                    (Some(l), _) if l.log_id.index + 1 != index => {
+                                        return Err(corrupt(&path, off, format!("entry {index} follows entry {}: the log has a gap", l.log_id.index)));
+                                    }
+                                    (None, Some(p)) if index <= p.index => {
+                                        return Err(corrupt(&path, off, format!("entry {index} comes after a purge up to {}", p.index)));
+                                    }
+                                    _ => {}
                                 }
                                 r.locs.push_back(Loc { log_id: e.log_id, seg: seq, off: off as u64, len: (next - off) as u32 });
                                 r.entries.push_back((e, next - off));
@@ -439,10 +444,17 @@ impl LogStore {
                 r.active = Active { seq, file, len: off as u64, size: buf.len() as u64 };
             }
         }
+        if let (Some(first), Some(p)) = (r.locs.front(), r.purged) {
+            if first.log_id.index != p.index + 1 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("raft log is corrupted: it is purged up to {} but its first entry is {}: the log has a gap (a segment is missing)", p.index, first.log_id.index),
+                ));
+            }
+        }
         Ok(r)
     }
 
-    /// Creates segment `seq` with the magic and a header of the replica's state, durably.
     /// The header of a new segment: the magic, then the replica's vote, purge point and commit.
     fn segment_header(vote: &Option<Vote>, purged: &Option<LogId>, committed: &Option<LogId>) -> Vec<u8> {
         let mut out = MAGIC.to_vec();
@@ -462,6 +474,7 @@ impl LogStore {
         Ok((Arc::new(file), out.len() as u64))
     }
 
+    /// Creates segment `seq` with the magic and a header of the replica's state, durably.
     fn create_segment(dir: &Path, seq: u64, size: u64, vote: &Option<Vote>, purged: &Option<LogId>, committed: &Option<LogId>) -> io::Result<(Arc<File>, u64)> {
         let path = segment_path(dir, seq);
         let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
@@ -1033,6 +1046,36 @@ mod tests {
             apply_single,
             apply_multiple,
         );
+    }
+
+    #[test]
+    fn a_purge_that_deletes_only_the_oldest_segments_replays() {
+        let dir = tempfile::tempdir().unwrap();
+        rt().block_on(async {
+            let mut s = LogStore::open_with(dir.path(), Arc::new(Metrics::default()), 4096).unwrap();
+            append(&s, (0..4).map(|k| entry(1, k, 100)));
+            // Every later segment's header records this purge.
+            s.purge(id(1, 1)).await.unwrap();
+            let mut i = 4;
+            while s.lock().active.seq < 4 {
+                append(&s, (i..i + 8).map(|k| entry(1, k, 100)));
+                i += 8;
+            }
+            // Past segment 1's entries, inside segment 2's.
+            let seg2_max = s.lock().segments.get(&2).and_then(|x| x.1).unwrap();
+            let p = seg2_max - 3;
+            s.purge(id(1, p)).await.unwrap();
+            assert!(!segment_path(dir.path(), 1).exists());
+            assert!(segment_path(dir.path(), 2).exists());
+            drop(s);
+            let mut s = LogStore::open_with(dir.path(), Arc::new(Metrics::default()), 4096).unwrap();
+            assert_eq!(indexes(&s.try_get_log_entries(..).await.unwrap()), (p + 1..i).collect::<Vec<_>>());
+            drop(s);
+            // A missing segment in the middle is corruption.
+            std::fs::remove_file(segment_path(dir.path(), 3)).unwrap();
+            let err = open(dir.path()).err().expect("a log with a missing segment must not open");
+            assert!(err.to_string().contains("gap"), "{err}");
+        });
     }
 
     #[test]
