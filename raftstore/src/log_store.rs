@@ -95,7 +95,10 @@ fn put_serialized<T: serde::Serialize>(out: &mut Vec<u8>, kind: u8, v: &T) {
 
 /// The record at `off` in `buf`: `Ok(Some((kind, body, next offset)))`, `Ok(None)` at the exact
 /// end, `Err(reason)` when the bytes there are not a whole, intact record.
-fn parse_record(buf: &[u8], off: usize) -> Result<Option<(u8, &[u8], usize)>, String> {
+/// A record's kind, its body, and the offset after it.
+type Record<'a> = (u8, &'a [u8], usize);
+
+fn parse_record(buf: &[u8], off: usize) -> Result<Option<Record<'_>>, String> {
     if off == buf.len() {
         return Ok(None);
     }
@@ -714,10 +717,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         let mut st = self.lock();
         let mut buf = Vec::new();
-        put_serialized(&mut buf, K_VOTE, &Some(vote.clone()));
+        put_serialized(&mut buf, K_VOTE, &Some(*vote));
         let res = self.write(&mut st, &buf, None).and_then(|_| st.active.file.sync_data());
         res.map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, format!("cannot persist vote: {e}")))?;
-        st.vote = Some(vote.clone());
+        st.vote = Some(*vote);
         Ok(())
     }
 
