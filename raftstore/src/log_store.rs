@@ -179,18 +179,60 @@ impl Active {
     }
 }
 
+/// The live entries: where each one is, the newest ones decoded, and the purge point. Replay
+/// and the running store change it the same way.
+#[derive(Default)]
+struct Index {
+    /// In index order (consecutive).
+    locs: VecDeque<Loc>,
+    /// The newest entries decoded, with their record sizes (at most `CACHE_BYTES` in all).
+    cache: BTreeMap<u64, (Entry, usize)>,
+    cache_bytes: usize,
+    purged: Option<LogId>,
+}
+
+impl Index {
+    fn push(&mut self, loc: Loc, e: Entry) {
+        self.locs.push_back(loc);
+        self.cache.insert(loc.log_id.index, (e, loc.len as usize));
+        self.cache_bytes += loc.len as usize;
+        while self.cache_bytes > CACHE_BYTES {
+            let Some((_, (_, size))) = self.cache.pop_first() else { break };
+            self.cache_bytes -= size;
+        }
+    }
+
+    /// Drops the entries from `from` on.
+    fn truncate(&mut self, from: u64) {
+        while self.locs.back().is_some_and(|l| l.log_id.index >= from) {
+            self.locs.pop_back();
+        }
+        let gone = self.cache.split_off(&from);
+        self.cache_bytes -= gone.values().map(|(_, size)| size).sum::<usize>();
+    }
+
+    /// Drops the entries up to `upto` and records it as the purge point.
+    fn purge(&mut self, upto: LogId) {
+        if self.purged.is_none_or(|p| p.index < upto.index) {
+            self.purged = Some(upto);
+        }
+        while self.locs.front().is_some_and(|l| l.log_id.index <= upto.index) {
+            self.locs.pop_front();
+        }
+        let kept = self.cache.split_off(&upto.index.saturating_add(1));
+        let gone = std::mem::replace(&mut self.cache, kept);
+        self.cache_bytes -= gone.values().map(|(_, size)| size).sum::<usize>();
+    }
+}
+
 struct State {
     dir: PathBuf,
     /// Every segment on disk, oldest first, with the highest entry index written into it.
     segments: BTreeMap<u64, (Arc<File>, Option<u64>)>,
     active: Active,
     segment_bytes: u64,
-    /// The live entries, in index order (consecutive).
-    locs: VecDeque<Loc>,
-    cache: BTreeMap<u64, (Entry, usize)>,
-    cache_bytes: usize,
+    index: Index,
     vote: Option<Vote>,
-    purged: Option<LogId>,
     committed: Option<LogId>,
     /// A commit index not yet written (it rides along with the next append).
     committed_dirty: bool,
@@ -216,12 +258,8 @@ pub struct LogStore {
 struct Replayed {
     segments: BTreeMap<u64, (Arc<File>, Option<u64>)>,
     active: Active,
-    locs: VecDeque<Loc>,
-    /// The newest entries decoded (a suffix of `locs`, at most `CACHE_BYTES`).
-    entries: VecDeque<(Entry, usize)>,
-    entries_bytes: usize,
+    index: Index,
     vote: Option<Vote>,
-    purged: Option<LogId>,
     committed: Option<LogId>,
 }
 
@@ -250,18 +288,13 @@ impl LogStore {
         }
         let r = Self::replay(dir, segment_bytes)?;
         let committed = r.committed.map(|l| l.index).unwrap_or(0);
-        let cache_bytes = r.entries.iter().map(|(_, size)| size).sum();
-        let cache = r.entries.into_iter().map(|(e, size)| (e.log_id.index, (e, size))).collect();
         let state = State {
             dir: dir.to_path_buf(),
             segments: r.segments,
             active: r.active,
             segment_bytes,
-            locs: r.locs,
-            cache,
-            cache_bytes,
+            index: r.index,
             vote: r.vote,
-            purged: r.purged,
             committed: r.committed,
             committed_dirty: false,
         };
@@ -322,11 +355,8 @@ impl LogStore {
         let mut r = Replayed {
             segments: BTreeMap::new(),
             active: Active { seq: 0, file: Arc::new(File::open(dir)?), len: 0, size: 0 },
-            locs: VecDeque::new(),
-            entries: VecDeque::new(),
-            entries_bytes: 0,
+            index: Index::default(),
             vote: None,
-            purged: None,
             committed: None,
         };
         if seqs.is_empty() {
@@ -344,11 +374,7 @@ impl LogStore {
             if buf.len() < MAGIC.len() || &buf[..MAGIC.len()] != MAGIC {
                 if last && buf.iter().all(|b| *b == 0) {
                     // Created, but its first write never reached the disk: start it over.
-                    buf.clear();
-                    let mut out = MAGIC.to_vec();
-                    put_serialized(&mut out, K_VOTE, &r.vote);
-                    put_serialized(&mut out, K_PURGE, &r.purged);
-                    put_serialized(&mut out, K_COMMITTED, &r.committed);
+                    let out = Self::segment_header(&r.vote, &r.index.purged, &r.committed);
                     std::fs::write(&path, &out)?;
                     File::open(&path)?.sync_all()?;
                     buf = out;
@@ -373,7 +399,7 @@ impl LogStore {
                                 // Entries follow each other. The first one replayed may come after a
                                 // gap: the segments before it were deleted by a purge whose record
                                 // comes later (checked once every segment is replayed).
-                                match (r.locs.back(), r.purged) {
+                                match (r.index.locs.back(), r.index.purged) {
                                     (Some(l), _) if l.log_id.index + 1 != index => {
                                         return Err(corrupt(&path, off, format!("entry {index} follows entry {}: the log has a gap", l.log_id.index)));
                                     }
@@ -382,38 +408,13 @@ impl LogStore {
                                     }
                                     _ => {}
                                 }
-                                r.locs.push_back(Loc { log_id: e.log_id, seg: seq, off: off as u64, len: (next - off) as u32 });
-                                r.entries.push_back((e, next - off));
-                                r.entries_bytes += next - off;
-                                while r.entries_bytes > CACHE_BYTES {
-                                    let Some((_, size)) = r.entries.pop_front() else { break };
-                                    r.entries_bytes -= size;
-                                }
+                                r.index.push(Loc { log_id: e.log_id, seg: seq, off: off as u64, len: (next - off) as u32 }, e);
                                 max_index = Some(index);
                             }
-                            K_TRUNCATE => {
-                                let from: u64 = decode(&path, off, body)?;
-                                while r.locs.back().is_some_and(|l| l.log_id.index >= from) {
-                                    r.locs.pop_back();
-                                }
-                                while r.entries.back().is_some_and(|(e, _)| e.log_id.index >= from) {
-                                    let Some((_, size)) = r.entries.pop_back() else { break };
-                                    r.entries_bytes -= size;
-                                }
-                            }
+                            K_TRUNCATE => r.index.truncate(decode(&path, off, body)?),
                             K_PURGE => {
-                                let p: Option<LogId> = decode(&path, off, body)?;
-                                if let Some(p) = p {
-                                    if r.purged.is_none_or(|old| old.index < p.index) {
-                                        r.purged = Some(p);
-                                    }
-                                    while r.locs.front().is_some_and(|l| l.log_id.index <= p.index) {
-                                        r.locs.pop_front();
-                                    }
-                                    while r.entries.front().is_some_and(|(e, _)| e.log_id.index <= p.index) {
-                                        let Some((_, size)) = r.entries.pop_front() else { break };
-                                        r.entries_bytes -= size;
-                                    }
+                                if let Some(p) = decode::<Option<LogId>>(&path, off, body)? {
+                                    r.index.purge(p);
                                 }
                             }
                             K_VOTE => r.vote = decode(&path, off, body)?,
@@ -447,7 +448,7 @@ impl LogStore {
                 r.active = Active { seq, file, len: off as u64, size: buf.len() as u64 };
             }
         }
-        if let (Some(first), Some(p)) = (r.locs.front(), r.purged) {
+        if let (Some(first), Some(p)) = (r.index.locs.front(), r.index.purged) {
             if first.log_id.index != p.index + 1 {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
@@ -496,6 +497,19 @@ impl LogStore {
     /// Writes `buf` at the end of the active segment (starting a new segment first when the
     /// active one is full).
     fn write(&self, st: &mut State, buf: &[u8], max_index: Option<u64>) -> io::Result<()> {
+        self.roll_if_full(st)?;
+        st.active.file.write_all_at(buf, st.active.len)?;
+        st.active.len += buf.len() as u64;
+        if let Some(m) = max_index {
+            if let Some(s) = st.segments.get_mut(&st.active.seq) {
+                s.1 = Some(m);
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts the next segment when the active one is full.
+    fn roll_if_full(&self, st: &mut State) -> io::Result<()> {
         if st.active.len >= st.active.size {
             // Sync the full segment now: the fsync thread only syncs the active one.
             st.active.file.sync_data()?;
@@ -504,11 +518,11 @@ impl LogStore {
             let next = st.active.next_size(st.segment_bytes);
             let (file, len, size) = match spare {
                 Some((f, size)) => {
-                    let (f, len) = Self::install_spare(&st.dir, f, seq, &st.vote, &st.purged, &st.committed)?;
+                    let (f, len) = Self::install_spare(&st.dir, f, seq, &st.vote, &st.index.purged, &st.committed)?;
                     (f, len, size)
                 }
                 None => {
-                    let (f, len) = Self::create_segment(&st.dir, seq, next, &st.vote, &st.purged, &st.committed)?;
+                    let (f, len) = Self::create_segment(&st.dir, seq, next, &st.vote, &st.index.purged, &st.committed)?;
                     (f, len, next)
                 }
             };
@@ -516,13 +530,6 @@ impl LogStore {
             st.active = Active { seq, file, len, size };
             let next = st.active.next_size(st.segment_bytes);
             Inner::prepare_spare(&self.inner, st.dir.clone(), next);
-        }
-        st.active.file.write_all_at(buf, st.active.len)?;
-        st.active.len += buf.len() as u64;
-        if let Some(m) = max_index {
-            if let Some(s) = st.segments.get_mut(&st.active.seq) {
-                s.1 = Some(m);
-            }
         }
         Ok(())
     }
@@ -553,7 +560,7 @@ impl LogStore {
     /// Live entries and the last index (every record was checksummed when the log was opened).
     pub fn verify(&self) -> (u64, Option<u64>) {
         let st = self.lock();
-        (st.locs.len() as u64, st.locs.back().map(|l| l.log_id.index))
+        (st.index.locs.len() as u64, st.index.locs.back().map(|l| l.log_id.index))
     }
 
     /// Writes entries (not synced yet); false when there were none.
@@ -569,7 +576,7 @@ impl LogStore {
         let (Some((first, _, _)), Some((last_new, _, _))) = (added.first(), added.last()) else { return Ok(false) };
         let max_index = Some(last_new.log_id.index);
         let mut st = self.lock();
-        if let Some(last) = st.locs.back() {
+        if let Some(last) = st.index.locs.back() {
             if first.log_id.index != last.log_id.index + 1 {
                 return Err(write_err(format!("append of entry {} after {} leaves a gap", first.log_id.index, last.log_id.index)));
             }
@@ -581,21 +588,15 @@ impl LogStore {
         }
         let head = buf.len() as u64;
         buf.extend_from_slice(&body);
-        if st.active.len >= st.active.size {
-            // Start the next segment first, so that the offsets below are in it.
-            self.write(&mut st, &[], None).map_err(write_err)?;
-        }
+        // Start the next segment first if need be, so that the offsets below are in it.
+        self.roll_if_full(&mut st).map_err(write_err)?;
         let base = st.active.len + head;
         let seg = st.active.seq;
         self.write(&mut st, &buf, max_index).map_err(write_err)?;
         st.committed_dirty = false;
         for (e, start, len) in added {
-            let index = e.log_id.index;
-            st.locs.push_back(Loc { log_id: e.log_id, seg, off: base + start as u64, len: len as u32 });
-            st.cache.insert(index, (e, len));
-            st.cache_bytes += len;
+            st.index.push(Loc { log_id: e.log_id, seg, off: base + start as u64, len: len as u32 }, e);
         }
-        st.evict();
         Ok(true)
     }
 
@@ -649,15 +650,6 @@ impl Inner {
     }
 }
 
-impl State {
-    fn evict(&mut self) {
-        while self.cache_bytes > CACHE_BYTES {
-            let Some((_, (_, size))) = self.cache.pop_first() else { break };
-            self.cache_bytes -= size;
-        }
-    }
-}
-
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(&mut self, range: RB) -> Result<Vec<Entry>, StorageError> {
         use std::ops::Bound;
@@ -678,10 +670,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let mut slots = Vec::new();
         {
             let st = self.lock();
-            let Some(first) = st.locs.front().map(|l| l.log_id.index) else { return Ok(Vec::new()) };
+            let Some(first) = st.index.locs.front().map(|l| l.log_id.index) else { return Ok(Vec::new()) };
             for i in start.max(first)..end {
-                let Some(loc) = st.locs.get((i - first) as usize) else { break };
-                match st.cache.get(&i) {
+                let Some(loc) = st.index.locs.get((i - first) as usize) else { break };
+                match st.index.cache.get(&i) {
                     Some((e, _)) => slots.push(Slot::Have(e.clone())),
                     None => {
                         let file = st.segments.get(&loc.seg).map(|s| s.0.clone()).ok_or_else(|| read_err(format!("raft log segment of entry {i} is gone")))?;
@@ -706,8 +698,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let st = self.lock();
-        let last = st.locs.back().map(|l| l.log_id).or(st.purged);
-        Ok(LogState { last_purged_log_id: st.purged, last_log_id: last })
+        let last = st.index.locs.back().map(|l| l.log_id).or(st.index.purged);
+        Ok(LogState { last_purged_log_id: st.index.purged, last_log_id: last })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -762,15 +754,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         put_serialized(&mut buf, K_TRUNCATE, &log_id.index);
         // Synced, so that entries dropped here never come back after a crash.
         self.write(&mut st, &buf, None).and_then(|_| st.active.file.sync_data()).map_err(write_err)?;
-        while st.locs.back().is_some_and(|l| l.log_id.index >= log_id.index) {
-            st.locs.pop_back();
-        }
-        let gone: Vec<u64> = st.cache.range(log_id.index..).map(|(k, _)| *k).collect();
-        for k in gone {
-            if let Some((_, size)) = st.cache.remove(&k) {
-                st.cache_bytes -= size;
-            }
-        }
+        st.index.truncate(log_id.index);
         Ok(())
     }
 
@@ -779,18 +763,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut buf = Vec::new();
         put_serialized(&mut buf, K_PURGE, &Some(log_id));
         self.write(&mut st, &buf, None).map_err(write_err)?;
-        if st.purged.is_none_or(|p| p.index < log_id.index) {
-            st.purged = Some(log_id);
-        }
-        while st.locs.front().is_some_and(|l| l.log_id.index <= log_id.index) {
-            st.locs.pop_front();
-        }
-        let gone: Vec<u64> = st.cache.range(..=log_id.index).map(|(k, _)| *k).collect();
-        for k in gone {
-            if let Some((_, size)) = st.cache.remove(&k) {
-                st.cache_bytes -= size;
-            }
-        }
+        st.index.purge(log_id);
         // Whole segments below the purge point go; each later segment's header repeats the
         // vote and purge point, so nothing else is lost with them.
         let active = st.active.seq;
@@ -950,8 +923,8 @@ mod tests {
             append(&s, (0..40).map(|i| entry(1, i, 100)));
             {
                 let mut st = s.lock();
-                st.cache.clear();
-                st.cache_bytes = 0;
+                st.index.cache.clear();
+                st.index.cache_bytes = 0;
             }
             let expected: Vec<Entry> = (0..40).map(|i| entry(1, i, 100)).collect();
             assert_eq!(s.try_get_log_entries(..).await.unwrap(), expected);
