@@ -67,7 +67,7 @@ impl Default for Metrics {
         registry.register("raft_last_log_index", "Highest log index in the local log", m.last_log_index.clone());
         registry.register("raft_is_leader", "1 if this replica is the Raft leader", m.is_leader.clone());
         registry.register("db_size_bytes", "State machine RocksDB size (SST files and memtables)", m.db_size_bytes.clone());
-        registry.register("log_db_size_bytes", "Raft log RocksDB size (SST files and memtables)", m.log_db_size_bytes.clone());
+        registry.register("log_db_size_bytes", "Raft log size on disk (segment files)", m.log_db_size_bytes.clone());
         registry.register("mvcc_revision", "Current store revision", m.revision.clone());
         registry.register("mvcc_compact_revision", "Store compaction revision", m.compact_revision.clone());
         registry.register("mvcc_compact_physical_revision", "Revision below which compacted history has been removed", m.compact_physical_revision.clone());

@@ -113,6 +113,9 @@ impl WatchStream {
             self.next_auto_id
         };
         let next_rev = if spec.start_revision <= 0 { current + 1 } else { spec.start_revision };
+        if spec.prev_kv {
+            self.sm.prev_kv_ranges.add(&spec.key, &spec.range_end);
+        }
         self.watchers.insert(id, Watcher { spec, next_rev });
         self.sm.metrics.watchers.inc();
         self.send(WatchOut::Created { watch_id: id, revision: current }).await?;
@@ -122,9 +125,18 @@ impl WatchStream {
         Ok(())
     }
 
+    /// Removes watcher `id`, if there is one, from this stream and the counts.
+    fn forget(&mut self, id: i64) -> bool {
+        let Some(w) = self.watchers.remove(&id) else { return false };
+        self.sm.metrics.watchers.dec();
+        if w.spec.prev_kv {
+            self.sm.prev_kv_ranges.remove(&w.spec.key, &w.spec.range_end);
+        }
+        true
+    }
+
     pub async fn cancel(&mut self, id: i64) -> Result<(), WatchError> {
-        if self.watchers.remove(&id).is_some() {
-            self.sm.metrics.watchers.dec();
+        if self.forget(id) {
             let rev = self.sm.mvcc().mvcc.current_revision();
             self.send(WatchOut::Canceled { watch_id: id, revision: rev, compact_revision: 0, reason: String::new() }).await?;
         }
@@ -169,8 +181,7 @@ impl WatchStream {
             let batch = match hist {
                 Ok(b) => b,
                 Err(ApplyError::Compacted { compact_revision }) => {
-                    self.watchers.remove(&id);
-                    self.sm.metrics.watchers.dec();
+                    self.forget(id);
                     return self
                         .send(WatchOut::Canceled {
                             watch_id: id,
@@ -206,6 +217,15 @@ impl WatchStream {
             }
             events.extend(w.select(&r.events));
             last = r.revision;
+        }
+        if w.spec.prev_kv {
+            // Puts applied while nobody wanted previous values do not carry them (a put of a
+            // key that existed has version > 1): read them now, as etcd does for every event.
+            let mut handle = None;
+            for e in events.iter_mut().filter(|e| e.kind == EventKind::Put && e.prev_kv.is_none() && e.kv.version > 1) {
+                let h = handle.get_or_insert_with(|| self.sm.mvcc());
+                e.prev_kv = h.mvcc.prev_version_of(&e.kv)?;
+            }
         }
         if !events.is_empty() {
             self.send(WatchOut::Events { watch_id: id, revision: last, events }).await?;
@@ -262,6 +282,9 @@ impl WatchStream {
 impl Drop for WatchStream {
     fn drop(&mut self) {
         self.sm.metrics.watchers.dec_by(self.watchers.len() as i64);
+        for w in self.watchers.values().filter(|w| w.spec.prev_kv) {
+            self.sm.prev_kv_ranges.remove(&w.spec.key, &w.spec.range_end);
+        }
     }
 }
 
@@ -331,15 +354,46 @@ mod tests {
 
         // A progress request reports everything delivered.
         ws.progress().await.unwrap();
-        loop {
-            match rx.recv().await.unwrap() {
-                WatchOut::Progress { watch_id, revision } => {
-                    assert_eq!((watch_id, revision), (-1, 46));
-                    break;
-                }
-                other => panic!("unexpected {other:?}"),
+        match rx.recv().await.unwrap() {
+            WatchOut::Progress { watch_id, revision } => assert_eq!((watch_id, revision), (-1, 46)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn prev_kv_watchers_get_previous_values_even_of_puts_applied_without_them() {
+        let d = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(d.path(), Arc::new(Metrics::default())).unwrap();
+        sm.apply((1..=7).map(put).collect::<Vec<_>>()).await.unwrap();
+        let shared = sm.shared.clone();
+        let ranges = || shared.prev_kv_ranges.current().as_ref().clone();
+        let k = (b"k".to_vec(), b"l".to_vec());
+        let (tx, mut rx) = mpsc::channel(1024);
+        let mut ws = WatchStream::new(sm.shared.clone(), tx);
+        ws.create(WatchSpec { key: b"k".to_vec(), range_end: b"l".to_vec(), prev_kv: true, ..Default::default() }).await.unwrap();
+        ws.create(WatchSpec { key: b"k".to_vec(), range_end: b"l".to_vec(), ..Default::default() }).await.unwrap();
+        assert_eq!(ranges(), vec![k.clone()], "only the watcher that asked for previous values counts");
+        // An apply that read the ranges before this watcher was counted leaves previous values
+        // out of its put events (simulated by hiding the watcher's range).
+        sm.shared.prev_kv_ranges.remove(&k.0, &k.1);
+        sm.apply((8..=10).map(put).collect::<Vec<_>>()).await.unwrap();
+        sm.shared.prev_kv_ranges.add(&k.0, &k.1);
+        let mut got = BTreeMap::new();
+        while got.len() < 2 {
+            tokio::select! {
+                o = rx.recv() => if let WatchOut::Events { watch_id, events, .. } = o.expect("stream open") {
+                    got.insert(watch_id, events.into_iter().map(|e| e.prev_kv.map(|p| p.value)).collect::<Vec<_>>());
+                },
+                h = ws.recv_hub() => ws.on_hub(h).await.unwrap(),
             }
         }
+        // Entries 8, 9, 10 overwrite k001, k002, k003, written by entries 1, 2, 3.
+        assert_eq!(got[&0], vec![Some(b"v1".to_vec()), Some(b"v2".to_vec()), Some(b"v3".to_vec())]);
+        assert_eq!(got[&1], vec![None, None, None]);
+        ws.cancel(1).await.unwrap();
+        assert_eq!(ranges(), vec![k.clone()]);
+        drop(ws);
+        assert!(ranges().is_empty(), "a closed stream's watchers no longer count");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

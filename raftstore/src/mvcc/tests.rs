@@ -9,7 +9,12 @@ fn open() -> (tempfile::TempDir, Mvcc) {
 }
 
 fn run(m: &Mvcc, cmd: Command) -> (Response, Vec<RevisionEvents>) {
+    run_prev(m, cmd, WantPrev::All)
+}
+
+fn run_prev(m: &Mvcc, cmd: Command, want_prev: WantPrev) -> (Response, Vec<RevisionEvents>) {
     let mut b = m.begin();
+    b.want_prev_kv(want_prev);
     let r = m.apply(&mut b, &cmd).unwrap();
     let ev = m.commit(b).unwrap();
     (r, ev)
@@ -272,7 +277,7 @@ impl Model {
 #[test]
 fn random_operations_match_a_naive_model_at_every_revision() {
     for seed in 1..=20u64 {
-        let (_d, m) = open();
+        let (d, mut m) = open();
         let mut model = Model::new();
         let mut rng = StdRng::seed_from_u64(seed);
         let keys: Vec<Vec<u8>> = ["a", "a\0", "ab", "b", "b/1", "b/2", "c"].iter().map(|k| k.as_bytes().to_vec()).collect();
@@ -281,10 +286,25 @@ fn random_operations_match_a_naive_model_at_every_revision() {
             match rng.random_range(0..10) {
                 0..=4 => {
                     let v = format!("v{step}").into_bytes();
-                    let r = run(&m, Command::Txn(TxnRequest { success: vec![Op::Put(PutRequest { key: k.clone(), value: v.clone(), ..Default::default() })], ..Default::default() })).0;
+                    // Without watchers that want previous values, put events leave them out,
+                    // and a watcher that wants one reads it from storage.
+                    let want = match rng.random_range(0..3) {
+                        0 => WantPrev::All,
+                        1 => WantPrev::In(Arc::new(vec![(b"b".to_vec(), b"c".to_vec())])),
+                        _ => WantPrev::In(Arc::new(vec![])),
+                    };
+                    let want_prev = want.covers(&k);
+                    let (r, ev) = run_prev(&m, Command::Txn(TxnRequest { success: vec![Op::Put(PutRequest { key: k.clone(), value: v.clone(), ..Default::default() })], ..Default::default() }), want);
                     let mut next = model.cur().clone();
                     let rev = model.rev() + 1;
                     let old = next.get(&k).cloned();
+                    let e = &ev[0].events[0];
+                    if want_prev || old.is_none() {
+                        assert_eq!(e.prev_kv, old, "seed {seed} step {step}: prev_kv of the event");
+                    } else {
+                        assert_eq!(e.prev_kv, None, "seed {seed} step {step}: prev_kv left out");
+                        assert_eq!(m.prev_version_of(&e.kv).unwrap(), old, "seed {seed} step {step}: prev_kv read later");
+                    }
                     next.insert(k.clone(), KeyValue {
                         key: k.clone(),
                         create_revision: old.as_ref().map(|o| o.create_revision).unwrap_or(rev),
@@ -306,6 +326,15 @@ fn random_operations_match_a_naive_model_at_every_revision() {
                         model.states.push(next);
                     }
                     assert_eq!(r.revision, model.rev(), "seed {seed} step {step}");
+                }
+                7 if rng.random_range(0..10) == 0 => {
+                    // Reopen: the index of live keys is rebuilt from the stored versions.
+                    m.flush().unwrap();
+                    drop(m);
+                    m = Mvcc::open(d.path()).unwrap();
+                    assert_eq!(m.current_revision(), model.rev(), "seed {seed} step {step}: revision after reopen");
+                    let all = m.range(&RangeRequest { key: vec![0], range_end: vec![0], ..Default::default() }).unwrap().unwrap();
+                    assert_eq!(all.kvs, model.cur().values().cloned().collect::<Vec<_>>(), "seed {seed} step {step}: after reopen");
                 }
                 7 => {
                     // Compact somewhere in the retained window now and then.
@@ -374,4 +403,47 @@ fn page_reads_stop_one_past_the_limit_at_current_and_past_revisions() {
         let (r, _) = m.range_page_at_view(&last).unwrap().unwrap();
         assert_eq!((r.kvs.len(), r.more), (3, false));
     }
+}
+
+#[test]
+fn a_store_with_the_old_cur_column_family_opens_without_it() {
+    let (d, m) = open();
+    put(&m, "a", "1");
+    put(&m, "b", "2");
+    del(&m, "b", "");
+    m.flush().unwrap();
+    drop(m);
+    {
+        // What kuberaft wrote before the in-memory index: a `cur` family with the live values.
+        let mut cfs = Mvcc::cf_descriptors();
+        cfs.push(ColumnFamilyDescriptor::new(CF_LEGACY_CUR, Options::default()));
+        let db = DB::open_cf_descriptors(&Mvcc::db_options(), d.path(), cfs).unwrap();
+        let cur = db.cf_handle(CF_LEGACY_CUR).unwrap();
+        db.put_cf(cur, b"a", b"stale copy").unwrap();
+        db.flush_cf(cur).unwrap();
+    }
+    let m = Mvcc::open(d.path()).unwrap();
+    assert_eq!(values(&get(&m, "a", "", 0).unwrap()), vec![("a".into(), "1".into())]);
+    assert!(get(&m, "b", "", 0).unwrap().kvs.is_empty());
+    assert_eq!(put(&m, "a", "3").revision, 5);
+    let kv = &get(&m, "a", "", 0).unwrap().kvs[0];
+    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 5, 2));
+    drop(m);
+    assert!(!DB::list_cf(&Options::default(), d.path()).unwrap().iter().any(|c| c == CF_LEGACY_CUR));
+}
+
+#[test]
+fn keys_only_and_count_only_reads_at_the_current_revision() {
+    let (_d, m) = open();
+    for k in ["p/1", "p/2", "p/3", "q"] {
+        put(&m, k, "value");
+    }
+    let r = m.range(&RangeRequest { key: "p/".into(), range_end: "p0".into(), keys_only: true, limit: 2, ..Default::default() }).unwrap().unwrap();
+    assert_eq!(r.kvs.iter().map(|kv| (kv.key.clone(), kv.value.clone(), kv.version)).collect::<Vec<_>>(), vec![(b"p/1".to_vec(), vec![], 1), (b"p/2".to_vec(), vec![], 1)]);
+    assert_eq!((r.count, r.more), (3, true));
+    let r = m.range(&RangeRequest { key: "p/".into(), range_end: "p0".into(), count_only: true, ..Default::default() }).unwrap().unwrap();
+    assert_eq!((r.kvs.len(), r.count), (0, 3));
+    // A range whose end sorts before its start is empty, not an error.
+    let r = m.range(&RangeRequest { key: "q".into(), range_end: "p".into(), ..Default::default() }).unwrap().unwrap();
+    assert_eq!((r.kvs.len(), r.count), (0, 0));
 }
