@@ -967,9 +967,7 @@ mod tests {
         }
     }
 
-    /// openraft's own conformance suite for storage, every case but the snapshot transfer (it
-    /// swaps the file object `begin_receiving_snapshot` returned for another, which our state
-    /// machine does not read: it installs the file it received the chunks into).
+    /// openraft's own conformance suite for storage, every case.
     #[test]
     fn passes_openraft_storage_suite() {
         type S = openraft::testing::Suite<TypeConfig, LogStore, crate::state_machine::StateMachine, Builder, tempfile::TempDir>;
@@ -1022,6 +1020,11 @@ mod tests {
             apply_single,
             apply_multiple,
         );
+        // Installs a snapshot from a file object other than the one begin_receiving_snapshot
+        // returned.
+        if let Err(e) = rt().block_on(S::transfer_snapshot(&Builder)) {
+            panic!("transfer_snapshot: {e}");
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! of `sm.current` switch to it: a crash at any point leaves one complete state machine.
 //! `snapshots/` holds the latest built or received snapshot file and its metadata.
 
-use std::io::{Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -319,6 +319,25 @@ pub fn write_snapshot<W: Write>(m: &Mvcc, w: &mut W) -> anyhow::Result<(Option<L
     Ok((applied, membership))
 }
 
+/// Whether the open `file` is the file at `path`.
+fn same_file(file: &std::fs::File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    }
+}
+
+/// Writes the whole of `from` to `to` (synced, then renamed into place).
+fn copy_snapshot(from: &mut std::fs::File, to: &Path) -> std::io::Result<()> {
+    from.seek(SeekFrom::Start(0))?;
+    let tmp = to.with_extension("copy.tmp");
+    let mut out = std::fs::File::create(&tmp)?;
+    std::io::copy(from, &mut out)?;
+    out.sync_all()?;
+    std::fs::rename(&tmp, to)
+}
+
 /// Loads a snapshot written by [`write_snapshot`] into an empty store, checking its trailer.
 pub fn load_snapshot<R: Read>(m: &Mvcc, r: &mut R) -> anyhow::Result<()> {
     let mut r = std::io::BufReader::with_capacity(1 << 20, r);
@@ -507,7 +526,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
         let seq = self.shared.snap_seq.fetch_add(1, Ordering::SeqCst);
         let path = self.snapshots_dir().join(format!("recv-{}-{seq}.tmp", std::process::id()));
-        let f = tokio::fs::File::create(&path).await.map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        // Readable too: install_snapshot reads the snapshot back through this handle.
+        let f = tokio::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).await.map_err(|e| snap_err(ErrorVerb::Write, e))?;
         *self.shared.receiving.lock().unwrap_or_else(|e| e.into_inner()) = Some(path);
         Ok(Box::new(f))
     }
@@ -516,11 +536,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         use tokio::io::AsyncWriteExt;
         snapshot.flush().await.map_err(|e| snap_err(ErrorVerb::Write, e))?;
         snapshot.sync_all().await.map_err(|e| snap_err(ErrorVerb::Write, e))?;
-        drop(snapshot);
+        // The data is read from the handle openraft passes: normally the file
+        // begin_receiving_snapshot created, but openraft allows any file with the snapshot.
+        let mut file = snapshot.into_std().await;
         let recv = self.shared.receiving.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let Some(recv) = recv else {
-            return Err(snap_err(ErrorVerb::Read, "install_snapshot without a received snapshot file"));
-        };
         let this = self.clone();
         let meta = meta.clone();
         tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
@@ -530,10 +549,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let dir = shared.data_dir.join(&name);
             let _ = std::fs::remove_dir_all(&dir);
             let mvcc = Mvcc::open(&dir).map_err(|e| snap_err(ErrorVerb::Write, e))?;
-            let mut f = std::fs::File::open(&recv).map_err(|e| snap_err(ErrorVerb::Read, e))?;
-            if let Err(e) = load_snapshot(&mvcc, &mut f) {
+            let loaded = file.seek(SeekFrom::Start(0)).map_err(anyhow::Error::from).and_then(|_| load_snapshot(&mvcc, &mut file));
+            if let Err(e) = loaded {
                 drop(mvcc);
                 let _ = std::fs::remove_dir_all(&dir);
+                if let Some(r) = &recv {
+                    let _ = std::fs::remove_file(r);
+                }
                 return Err(snap_err(ErrorVerb::Read, e));
             }
             let cf = mvcc.db().cf_handle(CF_META).expect("meta cf");
@@ -558,7 +580,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             shared.generation.store(gen, Ordering::SeqCst);
             *shared.applied.lock().unwrap_or_else(|e| e.into_inner()) = (meta.last_log_id, meta.last_membership.clone());
             let path = this.snapshots_dir().join(format!("{}.snap", meta.snapshot_id));
-            std::fs::rename(&recv, &path).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            // It becomes this replica's current snapshot (served to others): the received file
+            // is renamed; a handle to any other file is copied.
+            match recv.filter(|r| same_file(&file, r)) {
+                Some(r) => std::fs::rename(&r, &path).map_err(|e| snap_err(ErrorVerb::Write, e))?,
+                None => copy_snapshot(&mut file, &path).map_err(|e| snap_err(ErrorVerb::Write, e))?,
+            }
             this.save_current_snapshot(&meta, &path)?;
             shared.metrics.snapshots_installed.inc();
             Ok(())
