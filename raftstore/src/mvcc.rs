@@ -1050,7 +1050,7 @@ impl Mvcc {
             Err(e) => return Ok(Err(e)),
         };
         let ops = if succeeded { &t.success } else { &t.failure };
-        if let Err(e) = self.validate_ops(b, ops)? {
+        if let Err(e) = self.validate_ops(b, ops, &mut false)? {
             return Ok(Err(e));
         }
         let mut txn = WriteTxn { main: b.revision + 1, sub: 0, events: Vec::new() };
@@ -1063,8 +1063,11 @@ impl Mvcc {
         Ok(Ok(TxnResponse { succeeded, responses }))
     }
 
-    /// Checks that would otherwise fail half-way: leases of puts exist, ignore_* keys exist.
-    fn validate_ops(&self, b: &ApplyBatch, ops: &[Op]) -> MvccResult<Result<(), ApplyError>> {
+    /// Checks that would otherwise fail half-way: leases of puts exist, ignore_* keys exist, and
+    /// every read's revision is readable wherever it comes. Execution must not fail after a
+    /// write: the writes before it would stay in the batch without their revision. `may_write`
+    /// says whether an op before (in any branch) can write; it is updated for the caller.
+    fn validate_ops(&self, b: &ApplyBatch, ops: &[Op], may_write: &mut bool) -> MvccResult<Result<(), ApplyError>> {
         for op in ops {
             match op {
                 Op::Put(p) => {
@@ -1080,12 +1083,14 @@ impl Mvcc {
                 }
                 Op::Txn(inner) => {
                     // Nested txns choose their branch at execution; validate both.
-                    if let Err(e) = self.validate_ops(b, &inner.success)? {
+                    let (mut then_writes, mut else_writes) = (*may_write, *may_write);
+                    if let Err(e) = self.validate_ops(b, &inner.success, &mut then_writes)? {
                         return Ok(Err(e));
                     }
-                    if let Err(e) = self.validate_ops(b, &inner.failure)? {
+                    if let Err(e) = self.validate_ops(b, &inner.failure, &mut else_writes)? {
                         return Ok(Err(e));
                     }
+                    *may_write = then_writes || else_writes;
                 }
                 Op::Range(r) => {
                     if r.revision > 0 && r.revision < b.compact_revision {
@@ -1094,8 +1099,17 @@ impl Mvcc {
                     if r.revision > b.revision {
                         return Ok(Err(ApplyError::FutureRevision));
                     }
+                    // A revision written by an earlier command of this batch is not in RocksDB
+                    // yet: it is readable (from the overlay) only while it is the latest, that is
+                    // before this transaction writes.
+                    if r.revision > self.current_revision() && (*may_write || r.revision != b.revision) {
+                        return Ok(Err(ApplyError::FutureRevision));
+                    }
                 }
                 Op::Delete(_) => {}
+            }
+            if matches!(op, Op::Put(_) | Op::Delete(_)) {
+                *may_write = true;
             }
         }
         Ok(Ok(()))

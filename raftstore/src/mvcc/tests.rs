@@ -447,3 +447,37 @@ fn keys_only_and_count_only_reads_at_the_current_revision() {
     let r = m.range(&RangeRequest { key: "q".into(), range_end: "p".into(), ..Default::default() }).unwrap().unwrap();
     assert_eq!((r.kvs.len(), r.count), (0, 0));
 }
+
+#[test]
+fn a_txn_that_would_read_a_revision_its_own_write_hides_fails_before_writing() {
+    let (_d, m) = open();
+    put(&m, "a", "1");
+    let txn = |ops: Vec<Op>| Command::Txn(TxnRequest { success: ops, ..Default::default() });
+    let p = |k: &str| Op::Put(PutRequest { key: k.into(), value: b"v".to_vec(), ..Default::default() });
+    let read_at = |k: &str, rev| Op::Range(RangeRequest { key: k.into(), revision: rev, ..Default::default() });
+    // One log entry: the first command writes revision 3, which is only in the batch overlay.
+    // Reading it before writing works; after a write it is no longer the latest, so the txn is
+    // refused up front instead of failing with its put already in the batch.
+    let batch = vec![
+        txn(vec![p("b")]),
+        txn(vec![read_at("b", 3), p("c")]),
+        txn(vec![p("x"), read_at("b", 3)]),
+        txn(vec![Op::Txn(TxnRequest { success: vec![p("y")], ..Default::default() }), read_at("b", 4)]),
+        txn(vec![p("d")]),
+    ];
+    let (r, ev) = run(&m, Command::Batch(batch));
+    let Ok(CommandResult::Batch(rs)) = r.result else { panic!() };
+    assert_eq!(rs.iter().map(|r| r.revision).collect::<Vec<_>>(), vec![3, 4, 4, 4, 5]);
+    let Ok(CommandResult::Txn(t)) = &rs[1].result else { panic!("{:?}", rs[1]) };
+    let OpResponse::Range(got) = &t.responses[0] else { panic!() };
+    assert_eq!(values(got), vec![("b".into(), "v".into())]);
+    assert_eq!(rs[2].result, Err(ApplyError::FutureRevision));
+    assert_eq!(rs[3].result, Err(ApplyError::FutureRevision));
+    // Nothing of the refused txns was written, and every revision has its own events.
+    assert!(get(&m, "x", "", 0).unwrap().kvs.is_empty());
+    assert!(get(&m, "y", "", 0).unwrap().kvs.is_empty());
+    let keys: Vec<(Revision, Vec<u8>)> = ev.iter().flat_map(|r| r.events.iter().map(move |e| (r.revision, e.kv.key.clone()))).collect();
+    assert_eq!(keys, vec![(3, b"b".to_vec()), (4, b"c".to_vec()), (5, b"d".to_vec())]);
+    let hist = m.history(3, 5, usize::MAX).unwrap().unwrap();
+    assert_eq!(hist, ev);
+}
