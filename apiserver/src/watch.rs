@@ -248,7 +248,9 @@ fn convert(enc: &mut Encoder, e: &Event, selective: bool, matches: &impl Fn(&Val
     let prev = || e.prev_kv.as_ref().and_then(decoded);
     match e.kind {
         EventKind::Put => {
-            let was = if selective { prev().as_deref().map(matches).unwrap_or(false) } else { e.prev_kv.is_some() };
+            // A put of a key that existed has version > 1 (the store may leave prev_kv out when
+            // compaction removed the version it replaced before the event was sent).
+            let was = if selective { prev().as_deref().map(matches).unwrap_or(false) } else { e.kv.version > 1 };
             let cur = decoded(&e.kv)?;
             let is = matches(&cur);
             let ty = match (was, is) {

@@ -196,6 +196,12 @@ impl StateMachine {
     /// Opens the live state machine under `data_dir`, creating an empty one if there is none.
     pub fn open(data_dir: &Path, metrics: Arc<Metrics>) -> anyhow::Result<StateMachine> {
         std::fs::create_dir_all(data_dir.join("snapshots"))?;
+        // Snapshots being built, received or copied when the process stopped are never finished.
+        for e in std::fs::read_dir(data_dir.join("snapshots"))?.flatten() {
+            if e.file_name().to_string_lossy().ends_with(".tmp") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
         let pointer = data_dir.join("sm.current");
         let name = match std::fs::read_to_string(&pointer) {
             Ok(s) => s.trim().to_string(),
@@ -330,12 +336,18 @@ fn same_file(file: &std::fs::File, path: &Path) -> bool {
 
 /// Writes the whole of `from` to `to` (synced, then renamed into place).
 fn copy_snapshot(from: &mut std::fs::File, to: &Path) -> std::io::Result<()> {
-    from.seek(SeekFrom::Start(0))?;
     let tmp = to.with_extension("copy.tmp");
-    let mut out = std::fs::File::create(&tmp)?;
-    std::io::copy(from, &mut out)?;
-    out.sync_all()?;
-    std::fs::rename(&tmp, to)
+    let res = (|| {
+        from.seek(SeekFrom::Start(0))?;
+        let mut out = std::fs::File::create(&tmp)?;
+        std::io::copy(from, &mut out)?;
+        out.sync_all()?;
+        std::fs::rename(&tmp, to)
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
 }
 
 /// Loads a snapshot written by [`write_snapshot`] into an empty store, checking its trailer.
@@ -548,28 +560,45 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let name = format!("sm-{gen}");
             let dir = shared.data_dir.join(&name);
             let _ = std::fs::remove_dir_all(&dir);
-            let mvcc = Mvcc::open(&dir).map_err(|e| snap_err(ErrorVerb::Write, e))?;
-            let loaded = file.seek(SeekFrom::Start(0)).map_err(anyhow::Error::from).and_then(|_| load_snapshot(&mvcc, &mut file));
-            if let Err(e) = loaded {
+            let path = this.snapshots_dir().join(format!("{}.snap", meta.snapshot_id));
+            // Everything before the switch below can fail without a trace: the new directory and
+            // the received file are removed.
+            let prepared = (|| -> Result<Mvcc, StorageError> {
+                let mvcc = Mvcc::open(&dir).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+                file.seek(SeekFrom::Start(0)).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+                load_snapshot(&mvcc, &mut file).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+                let cf = mvcc.db().cf_handle(CF_META).expect("meta cf");
+                let mut wo = WriteOptions::default();
+                wo.set_sync(true);
+                let mut b = WriteBatch::default();
+                b.put_cf(cf, META_APPLIED, bincode::serialize(&meta.last_log_id).map_err(|e| snap_err(ErrorVerb::Write, e))?);
+                b.put_cf(cf, META_MEMBERSHIP, bincode::serialize(&meta.last_membership).map_err(|e| snap_err(ErrorVerb::Write, e))?);
+                mvcc.db().write_opt(b, &wo).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+                mvcc.flush().map_err(|e| snap_err(ErrorVerb::Write, e))?;
+                // Reload counters written by the snapshot.
+                let db = mvcc.db().clone();
                 drop(mvcc);
-                let _ = std::fs::remove_dir_all(&dir);
-                if let Some(r) = &recv {
-                    let _ = std::fs::remove_file(r);
+                let mvcc = Mvcc::from_db(db).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+                // The file becomes this replica's current snapshot (served to others) once
+                // recorded below: the received file is renamed; a handle to any other file is
+                // copied. A crash before the record leaves a .snap file the next record removes.
+                match recv.as_ref().filter(|r| same_file(&file, r)) {
+                    Some(r) => std::fs::rename(r, &path).map_err(|e| snap_err(ErrorVerb::Write, e))?,
+                    None => copy_snapshot(&mut file, &path).map_err(|e| snap_err(ErrorVerb::Write, e))?,
                 }
-                return Err(snap_err(ErrorVerb::Read, e));
+                Ok(mvcc)
+            })();
+            if let Some(r) = &recv {
+                // Renamed already, or not the file installed.
+                let _ = std::fs::remove_file(r);
             }
-            let cf = mvcc.db().cf_handle(CF_META).expect("meta cf");
-            let mut wo = WriteOptions::default();
-            wo.set_sync(true);
-            let mut b = WriteBatch::default();
-            b.put_cf(cf, META_APPLIED, bincode::serialize(&meta.last_log_id).map_err(|e| snap_err(ErrorVerb::Write, e))?);
-            b.put_cf(cf, META_MEMBERSHIP, bincode::serialize(&meta.last_membership).map_err(|e| snap_err(ErrorVerb::Write, e))?);
-            mvcc.db().write_opt(b, &wo).map_err(|e| snap_err(ErrorVerb::Write, e))?;
-            mvcc.flush().map_err(|e| snap_err(ErrorVerb::Write, e))?;
-            // Reload counters written by the snapshot.
-            let db = mvcc.db().clone();
-            drop(mvcc);
-            let mvcc = Mvcc::from_db(db).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+            let mvcc = match prepared {
+                Ok(m) => m,
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return Err(e);
+                }
+            };
             write_atomic(&shared.data_dir.join("sm.current"), name.as_bytes()).map_err(|e| snap_err(ErrorVerb::Write, e))?;
             let new = Arc::new(SmHandle { mvcc, dir, retired: false.into() });
             let old = {
@@ -579,13 +608,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             old.retired.store(true, Ordering::SeqCst);
             shared.generation.store(gen, Ordering::SeqCst);
             *shared.applied.lock().unwrap_or_else(|e| e.into_inner()) = (meta.last_log_id, meta.last_membership.clone());
-            let path = this.snapshots_dir().join(format!("{}.snap", meta.snapshot_id));
-            // It becomes this replica's current snapshot (served to others): the received file
-            // is renamed; a handle to any other file is copied.
-            match recv.filter(|r| same_file(&file, r)) {
-                Some(r) => std::fs::rename(&r, &path).map_err(|e| snap_err(ErrorVerb::Write, e))?,
-                None => copy_snapshot(&mut file, &path).map_err(|e| snap_err(ErrorVerb::Write, e))?,
-            }
             this.save_current_snapshot(&meta, &path)?;
             shared.metrics.snapshots_installed.inc();
             Ok(())
