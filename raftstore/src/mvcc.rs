@@ -141,17 +141,21 @@ impl WantPrev {
 }
 
 /// The keys of `index` in etcd's [start, end).
-fn index_range<'a>(index: &'a BTreeMap<Vec<u8>, Cur>, start: &'a [u8], end: &'a [u8]) -> Box<dyn Iterator<Item = (&'a Vec<u8>, &'a Cur)> + 'a> {
-    if end.is_empty() {
-        return Box::new(index.get_key_value(start).into_iter());
-    }
-    if end == [0] {
-        return Box::new(index.range::<[u8], _>((Bound::Included(start), Bound::Unbounded)));
-    }
-    if start >= end {
-        return Box::new(std::iter::empty());
-    }
-    Box::new(index.range::<[u8], _>((Bound::Included(start), Bound::Excluded(end))))
+fn index_range<'a>(index: &'a BTreeMap<Vec<u8>, Cur>, start: &'a [u8], end: &'a [u8]) -> std::collections::btree_map::Range<'a, Vec<u8>, Cur> {
+    let upper = if end.is_empty() {
+        Bound::Included(start)
+    } else if end == [0] {
+        Bound::Unbounded
+    } else {
+        // An end at or before the start is an empty range (BTreeMap::range would panic on it).
+        Bound::Excluded(end.max(start))
+    };
+    index.range::<[u8], _>((Bound::Included(start), upper))
+}
+
+/// A version the index names is missing from `ver`.
+fn missing_version(c: &Cur) -> MvccError {
+    MvccError::Corrupt { cf: CF_VER, detail: format!("the index names version {}.{} of a key that is not stored", c.mod_revision, c.sub) }
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(cf: &'static str, bytes: &[u8]) -> MvccResult<T> {
@@ -422,28 +426,25 @@ impl Mvcc {
             Some(s) => s.get_cf(self.cf(CF_VER), &vk)?,
             None => self.db.get_cf(self.cf(CF_VER), &vk)?,
         };
-        let Some(v) = v else {
-            return Err(MvccError::Corrupt { cf: CF_VER, detail: format!("the index names version {}.{} of a key that is not stored", c.mod_revision, c.sub) });
-        };
-        decode(CF_VER, &v)
+        decode(CF_VER, &v.ok_or_else(|| missing_version(c))?)
     }
 
-    /// The kvs of keys `found` in the index, their values read from `snap` unless `keys_only`.
-    fn scan_cur(&self, snap: &Snapshot<'_>, found: Vec<(Vec<u8>, Cur)>, keys_only: bool) -> MvccResult<Vec<KeyValue>> {
+    /// The kvs of keys `found` in the index (in index order), their values read from `snap` (or
+    /// the live DB, as `read_version`) unless `keys_only`.
+    fn scan_cur(&self, snap: Option<&Snapshot<'_>>, found: Vec<(Vec<u8>, Cur)>, keys_only: bool) -> MvccResult<Vec<KeyValue>> {
         if keys_only {
             return Ok(found.iter().map(|(k, c)| c.kv(k)).collect());
         }
         let mut ro = ReadOptions::default();
-        ro.set_snapshot(snap);
+        if let Some(snap) = snap {
+            ro.set_snapshot(snap);
+        }
         let vks: Vec<Vec<u8>> = found.iter().map(|(k, c)| ver_key(k, c.mod_revision, c.sub)).collect();
         // Index order is key order, which is `ver` key order.
         let values = self.db.batched_multi_get_cf_opt(self.cf(CF_VER), &vks, true, &ro);
         let mut out = Vec::with_capacity(found.len());
         for ((_, c), v) in found.iter().zip(values) {
-            let Some(v) = v? else {
-                return Err(MvccError::Corrupt { cf: CF_VER, detail: format!("the index names version {}.{} of a key that is not stored", c.mod_revision, c.sub) });
-            };
-            out.push(decode(CF_VER, &v)?);
+            out.push(decode(CF_VER, &v?.ok_or_else(|| missing_version(c))?)?);
         }
         Ok(out)
     }
@@ -607,7 +608,7 @@ impl Mvcc {
                 }
             }
             drop(index);
-            (self.scan_cur(&snap, found, keys_only)?, count)
+            (self.scan_cur(Some(&snap), found, keys_only)?, count)
         } else {
             drop(index);
             self.scan_at(&snap, &req.key, &req.range_end, rev, limit, keys_only, stop_after)?
@@ -859,11 +860,7 @@ impl Mvcc {
             let index = self.index.read().unwrap_or_else(|e| e.into_inner());
             index_range(&index, start, end).filter(|(k, _)| !b.cur.contains_key(*k)).map(|(k, c)| (k.clone(), *c)).collect()
         };
-        let mut merged: BTreeMap<Vec<u8>, KeyValue> = BTreeMap::new();
-        for (k, c) in found {
-            let kv = self.read_version(None, &k, &c)?;
-            merged.insert(k, kv);
-        }
+        let mut merged: BTreeMap<Vec<u8>, KeyValue> = self.scan_cur(None, found, false)?.into_iter().map(|kv| (kv.key.clone(), kv)).collect();
         for (k, v) in b.cur.iter().filter(|(k, _)| in_range(k, start, end)) {
             if let Some(p) = v {
                 merged.insert(k.clone(), p.kv.clone());
