@@ -170,6 +170,15 @@ fn fatal<E: std::fmt::Display>(e: E) -> StoreError {
     StoreError::Internal(e.to_string())
 }
 
+/// Raft having stopped (this replica is shutting down) is "server stopped", which clients
+/// retry elsewhere; any other fatal raft error is internal.
+fn raft_fatal(e: openraft::error::Fatal<NodeId>) -> StoreError {
+    match e {
+        openraft::error::Fatal::Stopped => StoreError::Stopped,
+        e => fatal(e),
+    }
+}
+
 /// Whether a forward failed before the request could have reached the peer (connection never
 /// established), so retrying cannot apply it twice. A reset or closed connection is ambiguous.
 fn is_connect_error(e: &StoreError) -> bool {
@@ -396,7 +405,11 @@ impl Replica {
             let mem = m.membership_config.membership();
             let listed = mem.get_node(&r.id).is_some();
             seen |= listed;
-            let removed = if seen && !listed && mem.get_joint_config().len() == 1 {
+            // A leader removing itself sees the new membership as soon as it is in its log; it
+            // waits until that entry is applied, so the change it was asked for is answered
+            // (and committed) before it stops.
+            let applied = m.last_applied >= *m.membership_config.log_id();
+            let removed = if seen && !listed && mem.get_joint_config().len() == 1 && applied {
                 true
             } else if seen && m.current_leader.is_none() {
                 let since = *leaderless_since.get_or_insert_with(Instant::now);
@@ -635,14 +648,14 @@ impl Replica {
                     Ok(resp) => Ok(ForwardResponse::Write(resp.data)),
                     Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(StoreError::NoLeader),
                     Err(RaftError::APIError(e)) => Err(StoreError::Internal(e.to_string())),
-                    Err(RaftError::Fatal(e)) => Err(fatal(e)),
+                    Err(RaftError::Fatal(e)) => Err(raft_fatal(e)),
                 }
             }
             ForwardRequest::ReadIndex => match self.raft.get_read_log_id().await {
                 Ok((read, _)) => Ok(ForwardResponse::ReadIndex(read.map(|l| l.index).unwrap_or(0))),
                 Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => Err(StoreError::NoLeader),
                 Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => Err(StoreError::Unavailable(format!("quorum not reached: {e}"))),
-                Err(RaftError::Fatal(e)) => Err(fatal(e)),
+                Err(RaftError::Fatal(e)) => Err(raft_fatal(e)),
             },
             ForwardRequest::LeaseKeepAlive { id } => {
                 self.ensure_leader()?;
@@ -742,7 +755,7 @@ impl Replica {
             Ok(_) => Ok(()),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(StoreError::NoLeader),
             Err(RaftError::APIError(e)) => Err(StoreError::InvalidArgument(e.to_string())),
-            Err(RaftError::Fatal(e)) => Err(fatal(e)),
+            Err(RaftError::Fatal(e)) => Err(raft_fatal(e)),
         }
     }
 
