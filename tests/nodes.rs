@@ -193,9 +193,13 @@ fn unreachable_node_is_tainted_its_pods_evicted_and_it_recovers() {
     assert!(node_events.contains("Node lost-0 status is now: NodeNotReady"), "{node_events}");
     assert!(node_events.contains("Node lost-0 event: Registered Node lost-0 in Controller"), "{node_events}");
 
-    // tolerationSeconds 8: still there 6 s after we saw the taint, gone within 8 s of its timeAdded (plus slack).
+    // tolerationSeconds 8: still there up to 7 s after the taint's timeAdded (when this test got
+    // to look in time: a loaded machine may have seen the taint late), gone within 8 s of it
+    // (plus slack); the DisruptionTarget time below checks the lower bound in any case.
     std::thread::sleep(Duration::from_secs(6).saturating_sub(seen.elapsed()));
-    assert!(!terminating(&c, "patient").unwrap(), "patient evicted before its tolerationSeconds ran out");
+    let patient_alive = !terminating(&c, "patient").unwrap();
+    let since_added = k8s_openapi::jiff::Timestamp::now().as_second() - added.as_second();
+    assert!(patient_alive || since_added >= 7, "patient evicted {since_added} s after the taint was added, before its tolerationSeconds ran out");
     eventually("patient evicted", Duration::from_secs(15), || if terminating(&c, "patient")? { Ok(()) } else { Err("not yet".into()) });
     let patient = json(&c, &["get", "pod", "patient"]).expect("patient");
     let dt = patient["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "DisruptionTarget").cloned().unwrap_or_default();
@@ -235,11 +239,14 @@ fn noexecute_taint_on_a_live_node_and_cordon() {
     pod(&c, "always", "live", "[{key: dedicated, operator: Exists}]");
     wait_pods_ready(&c, &["plain", "brief", "long", "always"]);
 
+    let asked = Instant::now();
     c.kubectl_ok(&["taint", "nodes", "live", "dedicated=a:NoExecute"]);
     let tainted = Instant::now();
     eventually("plain gone", Duration::from_secs(10), || gone(&c, "plain"));
     std::thread::sleep(Duration::from_secs(3).saturating_sub(tainted.elapsed()));
-    assert!(!terminating(&c, "brief").unwrap(), "brief evicted before 5 s");
+    // Early only if the taint (set after `asked`) is less than 5 s old now.
+    let brief_alive = !terminating(&c, "brief").unwrap();
+    assert!(brief_alive || asked.elapsed() >= Duration::from_secs(5), "brief evicted {:?} after the taint, before 5 s", asked.elapsed());
     eventually("brief gone", Duration::from_secs(15), || gone(&c, "brief"));
     assert!(tainted.elapsed() >= Duration::from_secs(4), "brief gone after {:?}", tainted.elapsed());
 

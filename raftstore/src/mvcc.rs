@@ -45,6 +45,12 @@ pub const SNAPSHOT_CFS: [&str; 6] = [CF_LEGACY_CUR, CF_VER, CF_REV, CF_LEASE, CF
 const META_REVISION: &[u8] = b"revision";
 const META_COMPACT: &[u8] = b"compact";
 const META_PHYSICAL: &[u8] = b"compact_physical";
+const META_FORMAT: &[u8] = b"format";
+
+/// The layout of the state machine's data. 1 (never written): live values also kept in a `cur`
+/// family. 2: `cur` dropped, live keys indexed in memory from `ver`. A binary refuses a data dir
+/// (or snapshot) of a newer format instead of misreading it; an older one is upgraded at open.
+pub const STORE_FORMAT: i64 = 2;
 
 /// Shared block cache of the state machine's column families.
 const BLOCK_CACHE_BYTES: usize = 128 << 20;
@@ -58,6 +64,8 @@ pub enum MvccError {
     Db(#[from] rocksdb::Error),
     #[error("corrupt record in {cf}: {detail}")]
     Corrupt { cf: &'static str, detail: String },
+    #[error("written by a newer kuberaft (store format {found}; this binary reads up to {STORE_FORMAT}): run that version or newer")]
+    NewerFormat { found: i64 },
 }
 
 pub type MvccResult<T> = Result<T, MvccError>;
@@ -354,12 +362,19 @@ impl Mvcc {
             write_lock: std::sync::Mutex::new(()),
             index: RwLock::new(BTreeMap::new()),
         };
+        let format = m.read_meta_i64(META_FORMAT)?.unwrap_or(1);
+        if format > STORE_FORMAT {
+            return Err(MvccError::NewerFormat { found: format });
+        }
         let rev = m.read_meta_i64(META_REVISION)?.unwrap_or(1);
         let compact = m.read_meta_i64(META_COMPACT)?.unwrap_or(0);
         m.revision.store(rev, Ordering::SeqCst);
         m.compact_revision.store(compact, Ordering::SeqCst);
         let index = m.build_index()?;
         *m.index.write().unwrap_or_else(|e| e.into_inner()) = index;
+        if format < STORE_FORMAT {
+            m.db.put_cf(m.cf(CF_META), META_FORMAT, STORE_FORMAT.to_be_bytes())?;
+        }
         Ok(m)
     }
 
@@ -594,13 +609,15 @@ impl Mvcc {
         let limit = if needs_all || !overlay.is_empty() || req.limit <= 0 { 0 } else { req.limit as usize };
         // Values are needed for the answer and the overlay merge only.
         let keys_only = (req.keys_only || req.count_only) && overlay.is_empty();
-        let stop_after = (!exact_count && limit > 0).then_some(limit as i64 + 1);
+        let stop_after = (!exact_count && limit > 0 && !req.count_only).then_some(limit as i64 + 1);
         let (mut kvs, mut count) = if rev >= db_rev {
             let mut found = Vec::new();
             let mut count = 0i64;
+            // A plain count needs no key: nothing is copied while the index is locked.
+            let count_only = req.count_only && overlay.is_empty() && !needs_all;
             for (k, c) in index_range(&index, &req.key, &req.range_end) {
                 count += 1;
-                if limit == 0 || found.len() < limit {
+                if !count_only && (limit == 0 || found.len() < limit) {
                     found.push((k.clone(), *c));
                 }
                 if stop_after.is_some_and(|s| count >= s) {
@@ -657,7 +674,9 @@ impl Mvcc {
             more = true;
         }
         if req.count_only {
+            // As etcd: the count of the whole range, no kvs, and nothing "more".
             kvs.clear();
+            more = false;
         }
         Ok(Ok((RangeResponse { kvs, more, count }, current)))
     }

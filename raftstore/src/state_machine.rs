@@ -271,6 +271,11 @@ impl StateMachine {
         mvcc.db().delete_cf(cf, META_MEMBERSHIP)?;
         mvcc.flush()?;
         drop(mvcc);
+        // Opened again as the server will: a snapshot of a newer store format is refused now.
+        if let Err(e) = Mvcc::open(&dir) {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(anyhow::anyhow!("cannot restore from {}: {e}", file.display()));
+        }
         write_atomic(&data_dir.join("sm.current"), b"sm-1")?;
         Ok(())
     }
@@ -694,5 +699,21 @@ mod tests {
         let got: Vec<(Vec<u8>, Vec<u8>, i64)> = r.kvs.into_iter().map(|kv| (kv.key, kv.value, kv.version)).collect();
         assert_eq!(got, vec![(b"a".to_vec(), b"2".to_vec(), 2), (b"b".to_vec(), b"3".to_vec(), 1)]);
         assert_eq!(ALL_CFS.len() + 1, SNAPSHOT_CFS.len());
+    }
+
+    #[test]
+    fn a_snapshot_of_a_newer_store_format_is_refused_by_restore() {
+        let src = tempfile::tempdir().unwrap();
+        let m = Mvcc::open(src.path()).unwrap();
+        m.db().put_cf(m.db().cf_handle(CF_META).unwrap(), b"format", (crate::mvcc::STORE_FORMAT + 1).to_be_bytes()).unwrap();
+        let file = src.path().join("newer.snap");
+        let mut f = std::fs::File::create(&file).unwrap();
+        write_snapshot(&m, &mut f).unwrap();
+        drop(f);
+        let dst = tempfile::tempdir().unwrap();
+        let e = StateMachine::restore_from_file(dst.path(), &file).unwrap_err();
+        assert!(e.to_string().contains("newer kuberaft"), "{e}");
+        assert!(!dst.path().join("sm-1").exists(), "the refused restore left its directory");
+        assert!(!dst.path().join("sm.current").exists());
     }
 }

@@ -433,6 +433,26 @@ fn a_store_with_the_old_cur_column_family_opens_without_it() {
 }
 
 #[test]
+fn a_store_of_a_newer_format_is_refused_and_an_older_one_upgraded() {
+    let (d, m) = open();
+    put(&m, "a", "1");
+    assert_eq!(m.get_meta(b"format").unwrap(), Some(STORE_FORMAT.to_be_bytes().to_vec()));
+    // An older store (no format record) is upgraded at open.
+    m.db().delete_cf(m.db().cf_handle(CF_META).unwrap(), b"format").unwrap();
+    drop(m);
+    let m = Mvcc::open(d.path()).unwrap();
+    assert_eq!(m.get_meta(b"format").unwrap(), Some(STORE_FORMAT.to_be_bytes().to_vec()));
+    // A newer one is refused, and left as it was.
+    m.db().put_cf(m.db().cf_handle(CF_META).unwrap(), b"format", (STORE_FORMAT + 1).to_be_bytes()).unwrap();
+    drop(m);
+    let Err(e) = Mvcc::open(d.path()) else { panic!("a store of a newer format opened") };
+    assert!(e.to_string().contains("newer kuberaft"), "{e}");
+    let db = DB::open_cf_descriptors(&Mvcc::db_options(), d.path(), Mvcc::cf_descriptors()).unwrap();
+    assert_eq!(db.get_cf(db.cf_handle(CF_META).unwrap(), b"format").unwrap(), Some((STORE_FORMAT + 1).to_be_bytes().to_vec()));
+    assert!(db.get_cf(db.cf_handle(CF_VER).unwrap(), b"").is_ok());
+}
+
+#[test]
 fn keys_only_and_count_only_reads_at_the_current_revision() {
     let (_d, m) = open();
     for k in ["p/1", "p/2", "p/3", "q"] {
@@ -443,6 +463,14 @@ fn keys_only_and_count_only_reads_at_the_current_revision() {
     assert_eq!((r.count, r.more), (3, true));
     let r = m.range(&RangeRequest { key: "p/".into(), range_end: "p0".into(), count_only: true, ..Default::default() }).unwrap().unwrap();
     assert_eq!((r.kvs.len(), r.count), (0, 3));
+    // With a limit, as etcd: still the whole count, and never "more".
+    for limit in [1, 3, 5] {
+        let req = RangeRequest { key: "p/".into(), range_end: "p0".into(), count_only: true, limit, ..Default::default() };
+        let r = m.range(&req).unwrap().unwrap();
+        assert_eq!((r.kvs.len(), r.count, r.more), (0, 3, false), "limit {limit}");
+        let (r, _) = m.range_page_at_view(&req).unwrap().unwrap();
+        assert_eq!((r.kvs.len(), r.count, r.more), (0, 3, false), "paged, limit {limit}");
+    }
     // A range whose end sorts before its start is empty, not an error.
     let r = m.range(&RangeRequest { key: "q".into(), range_end: "p".into(), ..Default::default() }).unwrap().unwrap();
     assert_eq!((r.kvs.len(), r.count), (0, 0));
