@@ -12,6 +12,9 @@ pub struct Metrics {
     pub proposal_seconds: Histogram,
     pub apply_seconds: Histogram,
     pub batch_commands: Histogram,
+    pub append_rpc_seconds: Histogram,
+    pub append_rpc_entries: Histogram,
+    pub append_handle_seconds: Histogram,
     pub leader_changes: Counter,
     pub term: Gauge,
     pub commit_index: Gauge,
@@ -38,6 +41,9 @@ impl Default for Metrics {
             proposal_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
             apply_seconds: Histogram::new(exponential_buckets(0.00001, 2.0, 18)),
             batch_commands: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
+            append_rpc_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
+            append_rpc_entries: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            append_handle_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 18)),
             leader_changes: Counter::default(),
             term: Gauge::default(),
             commit_index: Gauge::default(),
@@ -60,6 +66,9 @@ impl Default for Metrics {
         registry.register("proposal_seconds", "Latency from proposing a write to its result", m.proposal_seconds.clone());
         registry.register("apply_seconds", "Latency of applying one batch of committed entries", m.apply_seconds.clone());
         registry.register("proposal_batch_commands", "Client commands per proposed log entry (group commit)", m.batch_commands.clone());
+        registry.register("append_rpc_seconds", "Leader: round trip of an AppendEntries carrying entries to one follower", m.append_rpc_seconds.clone());
+        registry.register("append_rpc_entries", "Leader: entries per AppendEntries sent with entries", m.append_rpc_entries.clone());
+        registry.register("append_handle_seconds", "Follower: time from receiving an AppendEntries to its answer (append and fsync included)", m.append_handle_seconds.clone());
         registry.register("raft_leader_changes", "Leader changes seen by this replica", m.leader_changes.clone());
         registry.register("raft_term", "Current Raft term", m.term.clone());
         registry.register("raft_commit_index", "Highest committed log index known", m.commit_index.clone());

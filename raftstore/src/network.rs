@@ -12,6 +12,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::error::StoreError;
+use crate::metrics::Metrics;
 use crate::types::*;
 
 pub mod pb {
@@ -114,19 +115,21 @@ impl PeerClients {
 
 pub struct NetworkFactory {
     pub clients: PeerClients,
+    pub metrics: Arc<Metrics>,
 }
 
 pub struct PeerNetwork {
     target: NodeId,
     addr: String,
     clients: PeerClients,
+    metrics: Arc<Metrics>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerNetwork;
 
     async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerNetwork {
-        PeerNetwork { target, addr: node.peer_addr.clone(), clients: self.clients.clone() }
+        PeerNetwork { target, addr: node.peer_addr.clone(), clients: self.clients.clone(), metrics: self.metrics.clone() }
     }
 }
 
@@ -185,7 +188,14 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
                 return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(fit)));
             }
         }
-        self.call(0, &rpc, &option).await
+        if n == 0 {
+            return self.call(0, &rpc, &option).await;
+        }
+        let t = std::time::Instant::now();
+        let res = self.call(0, &rpc, &option).await;
+        self.metrics.append_rpc_seconds.observe(t.elapsed().as_secs_f64());
+        self.metrics.append_rpc_entries.observe(n as f64);
+        res
     }
 
     async fn install_snapshot(

@@ -27,8 +27,13 @@ fn bad(e: String) -> Status {
 #[tonic::async_trait]
 impl RaftPeer for PeerService {
     async fn append_entries(&self, req: Request<Msg>) -> Result<TResponse<Msg>, Status> {
-        let rpc = decode(req.get_ref()).map_err(bad)?;
+        let t = std::time::Instant::now();
+        let rpc: openraft::raft::AppendEntriesRequest<crate::types::TypeConfig> = decode(req.get_ref()).map_err(bad)?;
+        let with_entries = !rpc.entries.is_empty();
         let res = self.replica.raft.append_entries(rpc).await;
+        if with_entries {
+            self.replica.metrics.append_handle_seconds.observe(t.elapsed().as_secs_f64());
+        }
         Ok(TResponse::new(encode(&res)))
     }
 

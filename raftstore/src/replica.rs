@@ -250,7 +250,7 @@ impl Replica {
         }
         .validate()?;
         let sm_shared = sm.shared.clone();
-        let net = NetworkFactory { clients: peers.clone() };
+        let net = NetworkFactory { clients: peers.clone(), metrics: metrics.clone() };
         let raft = openraft::Raft::new(id, Arc::new(config), net, log.clone(), sm).await?;
 
         if fresh && cfg.initial_cluster_state == ClusterState::New && !raft.is_initialized().await? {
