@@ -362,10 +362,7 @@ impl Mvcc {
             write_lock: std::sync::Mutex::new(()),
             index: RwLock::new(BTreeMap::new()),
         };
-        let format = m.read_meta_i64(META_FORMAT)?.unwrap_or(1);
-        if format > STORE_FORMAT {
-            return Err(MvccError::NewerFormat { found: format });
-        }
+        let format = m.check_format()?;
         let rev = m.read_meta_i64(META_REVISION)?.unwrap_or(1);
         let compact = m.read_meta_i64(META_COMPACT)?.unwrap_or(0);
         m.revision.store(rev, Ordering::SeqCst);
@@ -376,6 +373,15 @@ impl Mvcc {
             m.db.put_cf(m.cf(CF_META), META_FORMAT, STORE_FORMAT.to_be_bytes())?;
         }
         Ok(m)
+    }
+
+    /// The store's format (1 when unrecorded), or an error if a newer binary wrote it.
+    pub fn check_format(&self) -> MvccResult<i64> {
+        let format = self.read_meta_i64(META_FORMAT)?.unwrap_or(1);
+        if format > STORE_FORMAT {
+            return Err(MvccError::NewerFormat { found: format });
+        }
+        Ok(format)
     }
 
     /// The live keys, from the newest version of every key in `ver` (a tombstone: deleted).
@@ -433,19 +439,15 @@ impl Mvcc {
 
     // ---------------------------------------------------------------- reads
 
-    /// The stored version `c` of `key`, with its value (from `snap`, or the live DB when the
-    /// caller is the apply path, the only writer).
-    fn read_version(&self, snap: Option<&Snapshot<'_>>, key: &[u8], c: &Cur) -> MvccResult<KeyValue> {
-        let vk = ver_key(key, c.mod_revision, c.sub);
-        let v = match snap {
-            Some(s) => s.get_cf(self.cf(CF_VER), &vk)?,
-            None => self.db.get_cf(self.cf(CF_VER), &vk)?,
-        };
+    /// The stored version `c` of `key`, with its value, from the live DB (the caller is the
+    /// apply path, the only writer).
+    fn read_version(&self, key: &[u8], c: &Cur) -> MvccResult<KeyValue> {
+        let v = self.db.get_cf(self.cf(CF_VER), ver_key(key, c.mod_revision, c.sub))?;
         decode(CF_VER, &v.ok_or_else(|| missing_version(c))?)
     }
 
     /// The kvs of keys `found` in the index (in index order), their values read from `snap` (or
-    /// the live DB, as `read_version`) unless `keys_only`.
+    /// the live DB, for the apply path) unless `keys_only`.
     fn scan_cur(&self, snap: Option<&Snapshot<'_>>, found: Vec<(Vec<u8>, Cur)>, keys_only: bool) -> MvccResult<Vec<KeyValue>> {
         if keys_only {
             return Ok(found.iter().map(|(k, c)| c.kv(k)).collect());
@@ -854,7 +856,7 @@ impl Mvcc {
     fn full(&self, key: &[u8], c: &Cur, kv: Option<KeyValue>) -> MvccResult<KeyValue> {
         match kv {
             Some(kv) => Ok(kv),
-            None => self.read_version(None, key, c),
+            None => self.read_version(key, c),
         }
     }
 

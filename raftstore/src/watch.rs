@@ -281,9 +281,9 @@ impl WatchStream {
 
 impl Drop for WatchStream {
     fn drop(&mut self) {
-        self.sm.metrics.watchers.dec_by(self.watchers.len() as i64);
-        for w in self.watchers.values().filter(|w| w.spec.prev_kv) {
-            self.sm.prev_kv_ranges.remove(&w.spec.key, &w.spec.range_end);
+        let ids: Vec<i64> = self.watchers.keys().copied().collect();
+        for id in ids {
+            self.forget(id);
         }
     }
 }
